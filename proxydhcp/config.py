@@ -1,0 +1,247 @@
+"""Configuration: the embedded default, merged with the operator's YAML, validated.
+
+Owns parsing and validation of every section's shape. It does not open sockets or read
+boot files. Sections are dataclasses; unknown keys and wrong types are a ConfigError
+naming the key and the fix. `profiles` and `groups` are validated by proxydhcp.policy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from proxydhcp import arch
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key and what to do."""
+
+
+@dataclass
+class Quirk:
+    """Overrides for clients that match: {match: {...}, set: {...}}."""
+    match: dict = field(default_factory=dict)  # arch: [codes], vendor_class_prefix: str, mac_prefix: str, firmware_kind: str
+    set: dict = field(default_factory=dict)    # redirect_4011: bool, reply_delay_ms: int, firmware: str
+
+
+QUIRK_MATCH_KEYS = {"arch", "vendor_class_prefix", "mac_prefix", "firmware_kind"}
+QUIRK_SET_KEYS = {"redirect_4011": bool, "reply_delay_ms": int, "firmware": str}
+
+
+@dataclass
+class DHCPConfig:
+    interfaces: list = field(default_factory=list)
+    port: int = 67
+    proxy_port: int = 4011
+    server_address: typing.Optional[str] = None
+    ipxe_user_classes: list = field(default_factory=lambda: ["iPXE", "gPXE"])
+    custom_user_class: typing.Optional[str] = None
+    uefi_4011_redirect: bool = True
+    reply_delay_ms: int = 0
+    quirks: list = field(default_factory=list)
+
+
+@dataclass
+class BootConfig:
+    firmware: dict = field(default_factory=dict)
+    script_path: str = "/boot.ipxe"
+
+
+@dataclass
+class TFTPConfig:
+    enabled: bool = True
+    port: int = 69
+    root: str = "/usr/lib/ipxe"
+    max_transfers: int = 1000
+    max_transfers_per_client: int = 4
+    transfer_timeout: float = 120.0
+    retransmit_timeout: float = 1.0
+    max_retries: int = 5
+
+
+@dataclass
+class HTTPConfig:
+    enabled: bool = True
+    port: int = 8080
+    root: typing.Optional[str] = None
+
+
+@dataclass
+class StateConfig:
+    dir: str = "/var/lib/proxydhcp"
+
+
+@dataclass
+class LogConfig:
+    level: str = "info"
+    format: str = "text"
+
+
+@dataclass
+class Config:
+    dhcp: DHCPConfig
+    boot: BootConfig
+    tftp: TFTPConfig
+    http: HTTPConfig
+    state: StateConfig
+    log: LogConfig
+    profiles: dict
+    groups: list
+    source: str = "<built-in default>"
+
+
+SECTIONS = {"dhcp": DHCPConfig, "boot": BootConfig, "tftp": TFTPConfig, "http": HTTPConfig,
+            "state": StateConfig, "log": LogConfig}
+
+
+def default_text() -> str:
+    return resources.files("proxydhcp").joinpath("default.yaml").read_text()
+
+
+def _check_type(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _check_type(value, args[0], where)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    expected = origin or hint
+    if expected is int and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if not isinstance(value, expected):
+        raise ConfigError(f"{where}: expected {expected.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _section(cls, raw: Any, name: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name}: expected a mapping of settings, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"{name}: unknown setting(s) {', '.join(sorted(map(str, unknown)))}; "
+                          f"known: {', '.join(sorted(known))}")
+    values = {k: _check_type(v, hints[k], f"{name}.{k}") for k, v in raw.items()}
+    return cls(**values)
+
+
+def _port(value: int, where: str, allow_zero: bool = False) -> None:
+    if not (0 if allow_zero else 1) <= value <= 65535:
+        raise ConfigError(f"{where}: port must be 1-65535, got {value}")
+
+
+def _validate(cfg: Config) -> None:
+    d = cfg.dhcp
+    _port(d.port, "dhcp.port")
+    _port(d.proxy_port, "dhcp.proxy_port", allow_zero=True)
+    _port(cfg.tftp.port, "tftp.port", allow_zero=True)
+    _port(cfg.http.port, "http.port", allow_zero=True)
+    if d.server_address is not None:
+        try:
+            ipaddress.IPv4Address(d.server_address)
+        except ValueError:
+            raise ConfigError(f"dhcp.server_address: {d.server_address!r} is not an IPv4 address") from None
+    for i, name in enumerate(d.interfaces):
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"dhcp.interfaces[{i}]: expected an interface name, got {name!r}")
+    for i, uc in enumerate(d.ipxe_user_classes):
+        if not isinstance(uc, str) or not uc:
+            raise ConfigError(f"dhcp.ipxe_user_classes[{i}]: expected a non-empty string")
+    if not 0 <= d.reply_delay_ms <= 10000:
+        raise ConfigError(f"dhcp.reply_delay_ms: must be 0-10000, got {d.reply_delay_ms}")
+    quirks = []
+    for i, q in enumerate(d.quirks):
+        where = f"dhcp.quirks[{i}]"
+        quirk = _section(Quirk, q, where)
+        bad = set(quirk.match) - QUIRK_MATCH_KEYS
+        if bad:
+            raise ConfigError(f"{where}.match: unknown selector(s) {sorted(bad)}; known: {sorted(QUIRK_MATCH_KEYS)}")
+        if "arch" in quirk.match:
+            codes = quirk.match["arch"]
+            if not isinstance(codes, list) or not all(isinstance(c, int) and c in arch.BY_CODE for c in codes):
+                raise ConfigError(f"{where}.match.arch: expected a list of arch codes (see `proxydhcp arches`)")
+        for key, value in quirk.set.items():
+            if key not in QUIRK_SET_KEYS:
+                raise ConfigError(f"{where}.set.{key}: unknown; known: {sorted(QUIRK_SET_KEYS)}")
+            _check_type(value, QUIRK_SET_KEYS[key], f"{where}.set.{key}")
+        quirks.append(quirk)
+    d.quirks = quirks
+    for key, path in cfg.boot.firmware.items():
+        if key not in arch.FIRMWARE_KEYS:
+            raise ConfigError(f"boot.firmware.{key}: unknown firmware key; known: "
+                              f"{', '.join(sorted(arch.FIRMWARE_KEYS))}")
+        if not isinstance(path, str) or not path:
+            raise ConfigError(f"boot.firmware.{key}: expected a file name")
+    if not cfg.boot.script_path.startswith("/"):
+        raise ConfigError(f"boot.script_path: must start with '/', got {cfg.boot.script_path!r}")
+    if cfg.log.format not in ("text", "json"):
+        raise ConfigError(f"log.format: must be text or json, got {cfg.log.format!r}")
+    if cfg.log.level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"log.level: must be debug, info, warning or error, got {cfg.log.level!r}")
+    if cfg.tftp.max_transfers < 1 or cfg.tftp.max_transfers_per_client < 1:
+        raise ConfigError("tftp.max_transfers and tftp.max_transfers_per_client must be at least 1")
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """Operator settings over the default: mappings merge per key, anything else replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        if key in ("profiles", "groups", "firmware"):  # replaced whole: a merge would keep stale entries
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse(text: str | None, source: str = "<config>") -> Config:
+    """Build a Config from YAML text layered over the default (None: the default alone)."""
+    raw = yaml.safe_load(default_text())
+    if text is not None:
+        try:
+            user = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+        if user is None:
+            user = {}
+        if not isinstance(user, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping of sections")
+        unknown = set(user) - set(SECTIONS) - {"profiles", "groups"}
+        if unknown:
+            raise ConfigError(f"{source}: unknown section(s) {', '.join(sorted(map(str, unknown)))}; "
+                              f"known: {', '.join(sorted(SECTIONS) + ['groups', 'profiles'])}")
+        raw = _merge(raw, user)
+    sections = {name: _section(cls, raw.get(name), name) for name, cls in SECTIONS.items()}
+    profiles = raw.get("profiles") or {}
+    groups = raw.get("groups") or []
+    if not isinstance(profiles, dict):
+        raise ConfigError("profiles: expected a mapping of profile name -> profile")
+    if not isinstance(groups, list):
+        raise ConfigError("groups: expected a list of groups")
+    cfg = Config(**sections, profiles=profiles, groups=groups, source=source)
+    _validate(cfg)
+    return cfg
+
+
+def load(path: str | None) -> Config:
+    """Load the operator's file (or the default when path is None)."""
+    if path is None:
+        return parse(None, "<built-in default>")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
+    return parse(text, path)

@@ -1,0 +1,60 @@
+"""Every Prometheus metric proxydhcp exports, defined once.
+
+Services import the objects from here; the dashboard/rules tests import `NAMES`.
+Labels take values from fixed sets only (arch table, stage list, result names): never a MAC
+or an IP.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from proxydhcp import __version__
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+DHCP_PACKETS = Counter(
+    "proxydhcp_dhcp_packets", "DHCP packets received, by port, message type and what we did",
+    ["port", "message", "result"], registry=REGISTRY)
+DHCP_REPLY_DURATION = Histogram(
+    "proxydhcp_dhcp_reply_duration_seconds", "Time from receiving a request to sending the reply",
+    ["port"], registry=REGISTRY,
+    buckets=(50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3))
+
+TFTP_TRANSFERS = Counter(
+    "proxydhcp_tftp_transfers", "TFTP transfers ended, by outcome", ["outcome"], registry=REGISTRY)
+TFTP_TRANSFER_DURATION = Histogram(
+    "proxydhcp_tftp_transfer_duration_seconds", "Duration of completed TFTP transfers",
+    ["file"], registry=REGISTRY,
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+TFTP_BYTES_SENT = Counter(
+    "proxydhcp_tftp_bytes_sent", "Payload bytes sent by the TFTP server", registry=REGISTRY)
+TFTP_RETRANSMITS = Counter(
+    "proxydhcp_tftp_retransmits", "TFTP DATA/OACK packets resent on timeout", registry=REGISTRY)
+TFTP_ACTIVE = Gauge(
+    "proxydhcp_tftp_active_transfers", "TFTP transfers in progress", registry=REGISTRY)
+
+HTTP_REQUESTS = Counter(
+    "proxydhcp_http_requests", "HTTP requests served, by kind (script, file, metrics...) and status code",
+    ["kind", "code"], registry=REGISTRY)
+HTTP_TRANSFER_DURATION = Histogram(
+    "proxydhcp_http_transfer_duration_seconds", "Time to serve an HTTP request completely",
+    ["kind"], registry=REGISTRY,
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300))
+
+CONFIG_RELOADS = Counter(
+    "proxydhcp_config_reloads", "Configuration reloads, by result", ["result"], registry=REGISTRY)
+CONFIG_LAST_RELOAD_OK = Gauge(
+    "proxydhcp_config_last_reload_successful", "1 if the last configuration load succeeded", registry=REGISTRY)
+BUILD_INFO = Info("proxydhcp_build", "proxydhcp version", registry=REGISTRY)
+BUILD_INFO.info({"version": __version__})
+
+
+def names() -> set[str]:
+    """All sample names the registry can expose (for the dashboard/rules tests)."""
+    out = set()
+    for metric in REGISTRY.collect():
+        out.add(metric.name)
+        for sample in metric.samples:
+            out.add(sample.name)
+    return out
