@@ -19,7 +19,8 @@ def _cmd_serve(args) -> int:
     from twisted.internet import reactor
 
     try:
-        top = service.build(cfg)
+        live = config.LiveConfig(cfg, args.config)
+        top = service.build(live)
         top.startService()
     except service.StartupError as exc:
         log.error("cannot start: %s", exc)

@@ -245,3 +245,36 @@ def load(path: str | None) -> Config:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
     return parse(text, path)
+
+
+class LiveConfig:
+    """The running configuration. Services read `current` on each request, so a reload
+    takes effect without a restart; `reload()` validates a new file first and keeps the old
+    config when it is bad. Observers are told of each successful reload."""
+
+    def __init__(self, cfg: Config, path: str | None = None) -> None:
+        self.current = cfg
+        self.path = path
+        self.last_error: str | None = None
+        self._observers: list = []
+
+    def subscribe(self, observer) -> None:
+        """observer(new_config) after each successful reload; it may raise ConfigError to veto."""
+        self._observers.append(observer)
+
+    def reload(self) -> tuple[bool, str]:
+        from proxydhcp import metrics
+        try:
+            new = load(self.path)
+            for observer in self._observers:
+                observer(new)
+        except ConfigError as exc:
+            self.last_error = str(exc)
+            metrics.CONFIG_RELOADS.labels("failed").inc()
+            metrics.CONFIG_LAST_RELOAD_OK.set(0)
+            return False, f"reload refused, keeping the running config: {exc}"
+        self.current = new
+        self.last_error = None
+        metrics.CONFIG_RELOADS.labels("ok").inc()
+        metrics.CONFIG_LAST_RELOAD_OK.set(1)
+        return True, f"reloaded {new.source}"

@@ -7,7 +7,7 @@ import logging
 
 from twisted.application.service import MultiService
 
-from proxydhcp.config import Config
+from proxydhcp.config import LiveConfig
 from proxydhcp.events import EventBus
 
 log = logging.getLogger(__name__)
@@ -17,12 +17,21 @@ class StartupError(Exception):
     """The daemon cannot start; the message says what to fix, in one line."""
 
 
-def build(cfg: Config, bus: EventBus | None = None) -> MultiService:
+def build(live: LiveConfig, bus: EventBus | None = None) -> MultiService:
+    """Each service takes (live, bus): it reads live.current per request and emits on bus.
+    startService raises StartupError (one line naming the fix) when it cannot run."""
     bus = bus or EventBus()
     top = MultiService()
     top.bus = bus
-    top.config = cfg
+    top.live = live
+    cfg = live.current
 
     from proxydhcp.net.dhcp_service import DHCPService
-    DHCPService(cfg, bus).setServiceParent(top)
+    DHCPService(live, bus).setServiceParent(top)
+    if cfg.tftp.enabled:
+        from proxydhcp.tftp.server import TFTPService
+        TFTPService(live, bus).setServiceParent(top)
+    if cfg.http.enabled:
+        from proxydhcp.web.server import HTTPService
+        HTTPService(live, bus).setServiceParent(top)
     return top
