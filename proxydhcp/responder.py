@@ -1,0 +1,230 @@
+"""The ProxyDHCP decision. Pure: (request, interface, config) -> Reply, or Silence with a
+named reason. Never an address, never a NAK, never a word to a client that is not PXE.
+
+Follows PROTOCOL.md 1-4: proxy OFFER on 67 (yiaddr 0; options 53, 54, 60, 97; BIOS gets
+43.6=8 + file + siaddr; legacy UEFI gets a bare offer that sends it to 4011, per quirk);
+ACK on 4011 to the request's source; iPXE gets its boot-script URL; UEFI HTTP gets a URL
+and HTTPClient; relayed requests are answered to giaddr:67.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+from proxydhcp import client as clientmod
+from proxydhcp.client import Client
+from proxydhcp.config import Config
+from proxydhcp.dhcp import options as opt
+from proxydhcp.dhcp import pxe
+from proxydhcp.dhcp.packet import BOOTREPLY, BOOTREQUEST, BROADCAST_FLAG, MalformedPacket, Packet
+
+PORT_DHCP = "67"
+PORT_PROXY = "4011"
+
+# Why we stayed silent: a bounded set (metric label `result`).
+NOT_PXE = "not_pxe"
+NOT_BOOTREQUEST = "not_bootrequest"
+IGNORED_MESSAGE = "ignored_message"   # a message type we never answer on this port
+NO_BOOT_FILE = "no_boot_file"         # PXE client whose arch has no firmware configured
+MALFORMED = "malformed"
+POLICY = "policy"                     # refused by allow/deny rules
+SILENCE_REASONS = (NOT_PXE, NOT_BOOTREQUEST, IGNORED_MESSAGE, NO_BOOT_FILE, MALFORMED, POLICY)
+REPLIED = "replied"
+
+
+@dataclass(frozen=True)
+class Interface:
+    """Where a request arrived: our interface name and our IPv4 address on it."""
+    name: str
+    address: str
+    index: int = 0
+
+
+@dataclass
+class Reply:
+    packet: Packet
+    dest: tuple[str, int]
+    message: str          # "offer" | "ack"
+    boot_file: str
+    delay: float          # seconds to wait before sending (quirk)
+    client: Client
+    server: str
+
+
+@dataclass
+class Silence:
+    reason: str
+    detail: str = ""
+    client: Client | None = None
+
+
+@dataclass
+class Settings:
+    """Per-client settings after quirks: what this class of firmware needs."""
+    redirect_4011: bool
+    reply_delay_ms: int
+    firmware: str | None = None
+    notes: list = field(default_factory=list)
+
+
+def settings_for(c: Client, cfg: Config) -> Settings:
+    """Global settings, then each matching quirk in order (later quirks win)."""
+    s = Settings(redirect_4011=cfg.dhcp.uefi_4011_redirect, reply_delay_ms=cfg.dhcp.reply_delay_ms)
+    for i, q in enumerate(cfg.dhcp.quirks):
+        m = q.match
+        if "arch" in m and c.arch_code not in m["arch"]:
+            continue
+        if "vendor_class_prefix" in m and not c.vendor_class.startswith(m["vendor_class_prefix"]):
+            continue
+        if "mac_prefix" in m and not c.mac.startswith(m["mac_prefix"].lower()):
+            continue
+        if "firmware_kind" in m and c.firmware != m["firmware_kind"]:
+            continue
+        for key, value in q.set.items():
+            setattr(s, key, value)
+        s.notes.append(f"quirk {i}")
+    return s
+
+
+def firmware_file(c: Client, cfg: Config, s: Settings) -> str | None:
+    """The iPXE build a legacy client should fetch, as a name relative to the TFTP root."""
+    if s.firmware:
+        return s.firmware
+    a = c.arch
+    if a is None:
+        return None
+    path = cfg.boot.firmware.get(a.firmware)
+    if path is None:
+        return None
+    root = cfg.tftp.root.rstrip("/") + "/"
+    if path.startswith(root):
+        return path[len(root):]
+    return path if not path.startswith("/") else os.path.basename(path)
+
+
+def server_address(iface: Interface, cfg: Config) -> str:
+    return cfg.dhcp.server_address or iface.address
+
+
+def script_url(c: Client, server: str, cfg: Config) -> str:
+    url = f"http://{server}:{cfg.http.port}{cfg.boot.script_path}?mac={c.mac}"
+    if c.arch_code is not None:
+        url += f"&arch={c.arch_code}"
+    if c.uuid:
+        url += f"&uuid={c.uuid}"
+    return url
+
+
+def firmware_url(name: str, server: str, cfg: Config) -> str:
+    return f"http://{server}:{cfg.http.port}/firmware/{quote(os.path.basename(name))}"
+
+
+def _base_reply(req: Packet, message: int, server: str, vendor: bytes) -> Packet:
+    rep = Packet(op=BOOTREPLY, htype=req.htype, hlen=req.hlen, xid=req.xid, flags=req.flags,
+                 giaddr=req.giaddr, chaddr=req.chaddr, siaddr=server)
+    o = rep.options
+    o[opt.MESSAGE_TYPE] = bytes((message,))
+    o[opt.SERVER_ID] = _inet(server)
+    o[opt.VENDOR_CLASS] = vendor
+    uuid = req.options.get(opt.CLIENT_UUID)
+    if uuid is not None:
+        o[opt.CLIENT_UUID] = uuid  # echoed byte for byte
+    return rep
+
+
+def _inet(address: str) -> bytes:
+    return bytes(int(x) for x in address.split("."))
+
+
+def _set_boot_file(rep: Packet, name: str) -> None:
+    raw = name.encode()
+    if len(raw) <= 127:
+        rep.file = raw
+    else:
+        rep.options[opt.BOOTFILE_NAME] = raw  # too long for the header field
+
+
+def _boot_target(c: Client, cfg: Config, s: Settings, server: str) -> str | Silence:
+    if c.firmware == clientmod.IPXE:
+        return script_url(c, server, cfg)
+    name = firmware_file(c, cfg, s)
+    if name is None:
+        return Silence(NO_BOOT_FILE, f"no boot.firmware entry for arch {c.arch_label} "
+                                     f"(key {c.arch.firmware if c.arch else '?'})", c)
+    if c.firmware == clientmod.UEFI_HTTP:
+        return firmware_url(name, server, cfg)
+    return name
+
+
+def respond(req: Packet, port: str, iface: Interface, source: tuple[str, int], cfg: Config,
+            allowed=None) -> Reply | Silence:
+    """Decide what to answer a request that arrived on `port` ("67" or "4011") through
+    `iface` from `source` (ip, udp port). `allowed(client) -> str | None` may refuse a client
+    (returns why)."""
+    if req.op != BOOTREQUEST:
+        return Silence(NOT_BOOTREQUEST, f"op {req.op}")
+    mtype = req.message_type
+    try:
+        c = clientmod.classify(req, cfg.dhcp.ipxe_user_classes, cfg.dhcp.custom_user_class)
+    except MalformedPacket as exc:
+        return Silence(MALFORMED, str(exc))
+    if not c.is_pxe:
+        return Silence(NOT_PXE, f"vendor class {c.vendor_class[:32]!r}", c)
+
+    if port == PORT_DHCP:
+        if mtype == opt.DISCOVER:
+            message = opt.OFFER
+        elif mtype in (opt.REQUEST, opt.INFORM) and c.boot_item is not None:
+            message = opt.ACK  # boot-server discovery broadcast to 67
+        else:
+            return Silence(IGNORED_MESSAGE, f"{opt.message_name(mtype)} on 67", c)
+    else:
+        if mtype not in (opt.REQUEST, opt.INFORM):
+            return Silence(IGNORED_MESSAGE, f"{opt.message_name(mtype)} on 4011", c)
+        message = opt.ACK
+
+    if allowed is not None:
+        why = allowed(c)
+        if why:
+            return Silence(POLICY, why, c)
+
+    s = settings_for(c, cfg)
+    server = server_address(iface, cfg)
+    target = _boot_target(c, cfg, s, server)
+    if isinstance(target, Silence):
+        return target
+
+    vendor = opt.VENDOR_HTTP if c.firmware == clientmod.UEFI_HTTP else opt.VENDOR_PXE
+    rep = _base_reply(req, message, server, vendor)
+    boot_file = target
+
+    if message == opt.OFFER:
+        uefi_redirect = (c.firmware == clientmod.LEGACY_PXE and c.arch is not None
+                         and "uefi" in c.arch.firmware and s.redirect_4011)
+        if uefi_redirect:
+            boot_file = ""  # no 43, no file: the firmware asks us on 4011
+        else:
+            _set_boot_file(rep, target)
+            if c.firmware != clientmod.UEFI_HTTP:
+                rep.options[opt.VENDOR_SPECIFIC] = pxe.pxe_vendor_options(True)
+    else:
+        rep.ciaddr = req.ciaddr
+        rep.sname = server.encode()
+        _set_boot_file(rep, target)
+        if c.boot_item is not None:
+            rep.options[opt.VENDOR_SPECIFIC] = pxe.pxe_vendor_options(False, c.boot_item)
+
+    # Destination (RFC 2131 4.1; PXE: 4011 answers go back where they came from).
+    if port == PORT_PROXY and source[0] != "0.0.0.0":
+        dest = source
+    elif req.giaddr != "0.0.0.0":
+        dest = (req.giaddr, 67)
+        if req.ciaddr == "0.0.0.0":
+            rep.flags |= BROADCAST_FLAG  # the relay cannot unicast to a client without an address
+    elif req.ciaddr != "0.0.0.0":
+        dest = (req.ciaddr, 68)
+    else:
+        dest = ("255.255.255.255", 68)
+    return Reply(rep, dest, opt.message_name(message), boot_file, s.reply_delay_ms / 1000.0, c, server)
