@@ -1,0 +1,292 @@
+"""The ProxyDHCP service: moves datagrams between the network and proxydhcp.responder.
+
+UDP 67 is listened to passively, per interface, with a packet socket and a BPF filter,
+and answered through a raw IP socket bound to the same interface: proxydhcp never takes
+port 67 from a DHCP server on the same host. UDP 4011 is an ordinary socket with
+IP_PKTINFO, answered from port 4011 out of the interface the request came in on.
+Interfaces and addresses are read with pyroute2 and re-read on every netlink change.
+Owns no protocol decision: that is responder.respond().
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import socket
+import struct
+import time
+
+from twisted.application.service import Service
+
+from proxydhcp import metrics
+from proxydhcp.config import LiveConfig
+from proxydhcp.dhcp import options as opt
+from proxydhcp.dhcp.packet import MalformedPacket, decode, encode
+from proxydhcp.events import DHCP_REPLY, DHCP_SILENCE, EventBus
+from proxydhcp.net import frames
+from proxydhcp.net.interfaces import InterfaceAddress, NetlinkWatch, read_interfaces
+from proxydhcp.service import StartupError
+from proxydhcp.responder import MALFORMED, PORT_DHCP, PORT_PROXY, REPLIED, Interface, Reply, respond
+
+log = logging.getLogger("proxydhcp.dhcp")
+
+ETH_P_IP = 0x0800
+SO_ATTACH_FILTER = 26
+SO_BINDTODEVICE = 25
+IP_PKTINFO = 8
+PACKET_OUTGOING = 4
+NOT_SERVED = "not_served"   # arrived on an interface we do not serve
+_PKTINFO = struct.Struct("=I4s4s")
+
+
+def _attach_filter(sock: socket.socket, program) -> None:
+    raw = b"".join(struct.pack("HBBI", *ins) for ins in program)
+    buf = ctypes.create_string_buffer(raw)
+    fprog = struct.pack("HL", len(program), ctypes.addressof(buf))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
+class _Reader:
+    """A socket watched by the reactor; drains up to `batch` datagrams per wake-up."""
+
+    def __init__(self, sock: socket.socket, on_datagram, name: str, batch: int = 64) -> None:
+        self.sock, self.on_datagram, self.name, self.batch = sock, on_datagram, name, batch
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def doRead(self) -> None:
+        for _ in range(self.batch):
+            try:
+                self.on_datagram(self.sock)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                log.warning("%s: receive failed: %s", self.name, exc)
+                return
+
+    def logPrefix(self) -> str:
+        return self.name
+
+    def connectionLost(self, reason) -> None:
+        self.sock.close()
+
+
+class _Port67:
+    """Passive listener on one interface: packet socket in, raw IP socket out."""
+
+    def __init__(self, service: "DHCPService", iface: InterfaceAddress, port: int) -> None:
+        self.iface = iface
+        recv = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK, socket.htons(ETH_P_IP))
+        _attach_filter(recv, frames.udp_port_filter(port))
+        recv.bind((iface.name, ETH_P_IP))
+        recv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        send = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        send.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        send.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, iface.name.encode())
+        self.send_sock = send
+        self.port = port
+        self.reader = _Reader(recv, self._recv, f"dhcp67:{iface.name}")
+        self.service = service
+
+    def _recv(self, sock: socket.socket) -> None:
+        data, addr = sock.recvfrom(4096)
+        if addr[2] == PACKET_OUTGOING:
+            return  # our own replies to a relay
+        parsed = frames.parse_udp(data)
+        if parsed is None:
+            return
+        src, sport, _dst, _dport, payload = parsed
+        self.service.handle(payload, PORT_DHCP, Interface(self.iface.name, self.iface.address, self.iface.index),
+                            (src, sport), self)
+
+    def send(self, payload: bytes, server: str, dest: tuple[str, int]) -> None:
+        packet = frames.build_udp(server, self.port, dest[0], dest[1], payload)
+        self.send_sock.sendto(packet, (dest[0], 0))
+
+    def close(self, reactor) -> None:
+        reactor.removeReader(self.reader)
+        self.reader.sock.close()
+        self.send_sock.close()
+
+
+class _Port4011:
+    def __init__(self, service: "DHCPService", port: int) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise StartupError(f"UDP port {port} (dhcp.proxy_port) is in use by another program: "
+                                   f"stop it or set dhcp.proxy_port") from None
+            raise StartupError(f"cannot bind UDP port {port} (dhcp.proxy_port): {exc.strerror}") from None
+        sock.setblocking(False)
+        self.sock = sock
+        self.port = sock.getsockname()[1]
+        self.service = service
+        self.reader = _Reader(sock, self._recv, "dhcp4011")
+
+    def _recv(self, sock: socket.socket) -> None:
+        data, anc, _flags, source = sock.recvmsg(4096, 64)
+        ifindex, spec_dst = 0, None
+        for level, kind, value in anc:
+            if level == socket.IPPROTO_IP and kind == IP_PKTINFO:
+                ifindex, spec, _addr = _PKTINFO.unpack(value[:_PKTINFO.size])
+                spec_dst = socket.inet_ntoa(spec)
+        iface = self.service.interface_by_index(ifindex)
+        if iface is None:
+            metrics.DHCP_PACKETS.labels(PORT_PROXY, "unknown", NOT_SERVED).inc()
+            return
+        self.service.handle(data, PORT_PROXY, Interface(iface.name, spec_dst or iface.address, ifindex),
+                            source, self)
+
+    def send(self, payload: bytes, server: str, dest: tuple[str, int], ifindex: int = 0) -> None:
+        info = _PKTINFO.pack(ifindex, socket.inet_aton(server), b"\x00" * 4)
+        self.sock.sendmsg([payload], [(socket.IPPROTO_IP, IP_PKTINFO, info)], 0, dest)
+
+
+class DHCPService(Service):
+    name = "dhcp"
+
+    def __init__(self, live: LiveConfig, bus: EventBus, reactor=None, interfaces=read_interfaces) -> None:
+        self.live = live
+        self.bus = bus
+        self._reactor = reactor
+        self._read_interfaces = interfaces
+        self.interfaces: dict[str, InterfaceAddress] = {}
+        self.listeners: dict[str, _Port67] = {}
+        self.port4011: _Port4011 | None = None
+        self.watch: NetlinkWatch | None = None
+        self.allowed = None  # optional callable(client) -> reason to refuse, or None
+        self._counters: dict = {}
+
+    @property
+    def reactor(self):
+        if self._reactor is None:
+            from twisted.internet import reactor
+            self._reactor = reactor
+        return self._reactor
+
+    # --- lifecycle -------------------------------------------------------------------
+    def startService(self) -> None:
+        cfg = self.live.current
+        if cfg.dhcp.proxy_port:
+            self.port4011 = _Port4011(self, cfg.dhcp.proxy_port)
+            self.reactor.addReader(self.port4011.reader)
+        self.refresh()
+        if not self.listeners:
+            log.warning("no interface to serve yet (dhcp.interfaces=%s); waiting for addresses",
+                        cfg.dhcp.interfaces or "all")
+        self.watch = NetlinkWatch(self.refresh)
+        self.reactor.addReader(self.watch)
+        Service.startService(self)
+
+    def stopService(self):
+        for name in list(self.listeners):
+            self.listeners.pop(name).close(self.reactor)
+        if self.port4011:
+            self.reactor.removeReader(self.port4011.reader)
+            self.port4011.sock.close()
+            self.port4011 = None
+        if self.watch:
+            self.reactor.removeReader(self.watch)
+            self.watch.sock.close()
+            self.watch = None
+        return Service.stopService(self)
+
+    def refresh(self) -> None:
+        """Re-read interfaces; open listeners on new ones, close vanished ones, follow address changes."""
+        cfg = self.live.current
+        try:
+            found = self._read_interfaces()
+        except Exception as exc:
+            log.error("cannot read interfaces: %s", exc)
+            return
+        wanted = {n: a for n, a in found.items() if a.up and (not cfg.dhcp.interfaces or n in cfg.dhcp.interfaces)}
+        for name in list(self.listeners):
+            if name not in wanted or wanted[name].index != self.listeners[name].iface.index:
+                self.listeners.pop(name).close(self.reactor)
+                log.info("interface %s gone: stopped listening", name)
+        for name, addr in wanted.items():
+            old = self.interfaces.get(name)
+            if name in self.listeners:
+                if old and old.address != addr.address:
+                    log.info("interface %s address changed %s -> %s", name, old.address, addr.address)
+                self.listeners[name].iface = addr
+                continue
+            try:
+                listener = _Port67(self, addr, cfg.dhcp.port)
+            except OSError as exc:
+                log.error("interface %s: cannot listen: %s", name, exc)
+                continue
+            self.listeners[name] = listener
+            self.reactor.addReader(listener.reader)
+            log.info("listening on %s (%s) for PXE clients on UDP %d and %s", name, addr.address,
+                     cfg.dhcp.port, self.port4011.port if self.port4011 else "no 4011")
+        self.interfaces = wanted
+
+    def interface_by_index(self, index: int) -> InterfaceAddress | None:
+        for a in self.interfaces.values():
+            if a.index == index:
+                return a
+        return None
+
+    # --- the hot path ----------------------------------------------------------------
+    def _count(self, port: str, message: str, result: str):
+        key = (port, message, result)
+        child = self._counters.get(key)
+        if child is None:
+            child = self._counters[key] = metrics.DHCP_PACKETS.labels(port, message, result)
+        child.inc()
+
+    def handle(self, data: bytes, port: str, iface: Interface, source: tuple[str, int], sender) -> None:
+        started = time.perf_counter()
+        try:
+            req = decode(data)
+        except MalformedPacket as exc:
+            self._count(port, "unknown", MALFORMED)
+            log.debug("malformed packet from %s:%d on %s: %s", source[0], source[1], iface.name, exc)
+            return
+        result = respond(req, port, iface, source, self.live.current, self.allowed)
+        message = opt.message_name(req.message_type)
+        if not isinstance(result, Reply):
+            self._count(port, message, result.reason)
+            c = result.client
+            if c is not None and c.is_pxe:
+                self.bus.emit(DHCP_SILENCE, port=port, reason=result.reason, detail=result.detail,
+                              mac=c.mac, iface=iface.name, arch=c.arch_code, firmware=c.firmware,
+                              message=message)
+            return
+        payload = encode(result.packet)
+        c = result.client
+
+        def send():
+            try:
+                if port == PORT_PROXY:
+                    sender.send(payload, result.server, result.dest, iface.index)
+                else:
+                    sender.send(payload, result.server, result.dest)
+            except OSError as exc:
+                log.warning("sending %s to %s:%d failed: %s", result.message, *result.dest, exc)
+                self._count(port, message, "send_failed")
+                return
+            metrics.DHCP_REPLY_DURATION.labels(port).observe(time.perf_counter() - started)
+            self._count(port, message, REPLIED)
+            self.bus.emit(DHCP_REPLY, port=port, message=result.message, request=message, mac=c.mac,
+                          iface=iface.name, arch=c.arch_code, firmware=c.firmware, uuid=c.uuid,
+                          vendor_class=c.vendor_class, user_classes=list(c.user_classes),
+                          client_ip=req.ciaddr if req.ciaddr != "0.0.0.0" else None,
+                          server_ip=result.server, boot_file=result.boot_file, xid=req.xid,
+                          relay=req.giaddr if req.giaddr != "0.0.0.0" else None)
+            log.info("%s %s to %s (%s, arch %s) on %s: %s", port, result.message, c.mac, c.firmware,
+                     c.arch_label, iface.name, result.boot_file or "redirect to 4011")
+
+        if result.delay > 0:
+            self.reactor.callLater(result.delay, send)
+        else:
+            send()

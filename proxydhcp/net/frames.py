@@ -1,0 +1,73 @@
+"""IPv4/UDP framing for the passive port-67 path. Pure.
+
+On UDP 67 proxydhcp never binds the port (a DHCP server on the same host keeps it): it
+reads IPv4 datagrams from a packet socket and sends replies through a raw IP socket, so it
+builds and parses the IPv4 and UDP headers itself.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from array import array
+
+_IP = struct.Struct("!BBHHHBBH4s4s")
+_UDP = struct.Struct("!HHHH")
+PROTO_UDP = 17
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\x00"
+    words = array("H", data)
+    if socket.htons(1) != 1:
+        words.byteswap()  # little-endian host: read big-endian 16-bit words
+    total = sum(words)
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def parse_udp(ip_packet: bytes) -> tuple[str, int, str, int, bytes] | None:
+    """(src, sport, dst, dport, payload) of an unfragmented IPv4/UDP datagram, else None."""
+    if len(ip_packet) < 28:
+        return None
+    vihl, _tos, total, _id, frag, _ttl, proto, _csum, src, dst = _IP.unpack_from(ip_packet)
+    ihl = (vihl & 0x0F) * 4
+    if vihl >> 4 != 4 or proto != PROTO_UDP or frag & 0x3FFF or ihl < 20 or total > len(ip_packet):
+        return None
+    if total < ihl + 8:
+        return None
+    sport, dport, length, _ = _UDP.unpack_from(ip_packet, ihl)
+    end = ihl + length
+    if length < 8 or end > total:
+        return None
+    return (socket.inet_ntoa(src), sport, socket.inet_ntoa(dst), dport, bytes(ip_packet[ihl + 8:end]))
+
+
+def build_udp(src: str, sport: int, dst: str, dport: int, payload: bytes, ttl: int = 64) -> bytes:
+    """An IPv4 header + UDP header (with checksum) + payload, for a raw IP socket."""
+    s, d = socket.inet_aton(src), socket.inet_aton(dst)
+    length = 8 + len(payload)
+    pseudo = s + d + struct.pack("!BBH", 0, PROTO_UDP, length)
+    udp = _UDP.pack(sport, dport, length, 0) + payload
+    csum = _checksum(pseudo + udp) or 0xFFFF
+    udp = udp[:6] + struct.pack("!H", csum) + udp[8:]
+    header = _IP.pack(0x45, 0, 20 + length, 0, 0x4000, ttl, PROTO_UDP, 0, s, d)
+    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+    return header + udp
+
+
+# Classic BPF: accept unfragmented IPv4 UDP to `port` (the socket hands us the IP header first).
+def udp_port_filter(port: int) -> list[tuple[int, int, int, int]]:
+    return [
+        (0x30, 0, 0, 9),           # ldb [9]            protocol
+        (0x15, 0, 6, PROTO_UDP),   # jeq #17 else drop
+        (0x28, 0, 0, 6),           # ldh [6]            flags + fragment offset
+        (0x45, 4, 0, 0x1FFF),      # jset #0x1fff -> drop (a fragment)
+        (0xB1, 0, 0, 0),           # ldxb 4*([0]&0xf)   header length
+        (0x48, 0, 0, 2),           # ldh [x+2]          UDP destination port
+        (0x15, 0, 1, port),        # jeq #port else drop
+        (0x06, 0, 0, 0x40000),     # ret: accept
+        (0x06, 0, 0, 0),           # ret: drop
+    ]
