@@ -1,0 +1,128 @@
+"""The SQLite event store: schema and migrations, batching, durability callbacks, retention."""
+
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from proxydhcp.events import store as st
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = st.EventStore(str(tmp_path / "state"), retention_days=1)
+    s.start()
+    yield s
+    s.stop()
+
+
+def test_fresh_store_is_wal_at_the_current_schema(store):
+    conn = sqlite3.connect(store.path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == st.SCHEMA_VERSION
+
+
+def test_migrations_run_once_and_a_newer_schema_is_refused(tmp_path):
+    conn = st.connect(str(tmp_path / "x.sqlite"))
+    assert st.migrate(conn) == 0
+    assert st.migrate(conn) == st.SCHEMA_VERSION
+    conn.execute(f"PRAGMA user_version={st.SCHEMA_VERSION + 1}")
+    with pytest.raises(st.StoreError, match="newer"):
+        st.migrate(conn)
+
+
+def test_a_later_migration_is_applied_to_an_old_file(tmp_path, monkeypatch):
+    path = str(tmp_path / "x.sqlite")
+    st.migrate(st.connect(path))
+    monkeypatch.setattr(st, "MIGRATIONS", st.MIGRATIONS + ["ALTER TABLE events ADD COLUMN extra TEXT"])
+    monkeypatch.setattr(st, "SCHEMA_VERSION", len(st.MIGRATIONS))
+    conn = st.connect(path)
+    assert st.migrate(conn) == 1
+    assert "extra" in [r[1] for r in conn.execute("PRAGMA table_info(events)")]
+
+
+def test_recorded_events_and_sessions_are_readable(store):
+    now = time.time()
+    store.record({"kind": "dhcp.reply", "time": now, "mac": "aa:bb:cc:dd:ee:ff", "port": "67"})
+    store.record({"kind": "tftp.transfer", "time": now + 1, "client_ip": "10.0.0.5", "file": "ipxe.efi"})
+    store.save_session({"id": "s1", "mac": "aa:bb:cc:dd:ee:ff", "started": now, "updated": now,
+                        "state": "open", "closed": False, "last_stage": "proxy_offer"})
+    store.save_session({"id": "s1", "mac": "aa:bb:cc:dd:ee:ff", "started": now, "updated": now + 5,
+                        "state": "failed", "closed": True, "last_stage": "proxy_offer",
+                        "diagnosis": {"code": "offer_ignored"}})
+    assert store.flush()
+    r = st.Reader(store.path)
+    evs = r.events()
+    assert [e["kind"] for _, e in evs] == ["dhcp.reply", "tftp.transfer"]
+    assert [e["file"] for _, e in r.events(kind="tftp.transfer")] == ["ipxe.efi"]
+    assert len(r.events(mac="aa:bb:cc:dd:ee:ff")) == 1 and r.events(after_id=evs[-1][0]) == []
+    (s,) = r.sessions()
+    assert s["state"] == "failed" and r.sessions(failed=True) == [s]
+    assert r.sessions(mac="00:00:00:00:00:00") == [] and r.open_sessions() == []
+
+
+def test_durable_callback_comes_after_the_commit_and_uids_dedupe(store):
+    seen = []
+    committed = threading.Event()
+
+    def done(ok):
+        # another connection must already see the row
+        conn = sqlite3.connect(store.path)
+        seen.append((ok, conn.execute("SELECT count(*) FROM events WHERE uid='u1'").fetchone()[0]))
+        committed.set()
+
+    ev = {"kind": "lease", "time": time.time(), "uid": "u1", "mac": "aa:bb:cc:dd:ee:ff", "ip": "10.0.0.9"}
+    store.record_durable(ev, done)
+    assert committed.wait(5) and seen == [(True, 1)]
+    store.record(dict(ev))          # the same event again (as the bus observer sees it)
+    store.record_durable(dict(ev), lambda ok: None)
+    store.flush()
+    r = st.Reader(store.path)
+    assert len(r.events()) == 1 and r.uids() == {"u1"}
+    assert r.events()[0][1]["ip"] == "10.0.0.9"
+
+
+def test_a_full_queue_drops_and_says_so(tmp_path):
+    s = st.EventStore(str(tmp_path), max_queue=2)   # not started: nothing drains
+    s.open()
+    results = []
+    for i in range(3):
+        s.record({"kind": "x", "time": 1.0})
+    s.record_durable({"kind": "lease", "time": 1.0}, results.append)
+    assert s.dropped == 2 and results == [False]
+
+
+def test_retention_deletes_old_events_and_closed_sessions(store):
+    now = time.time()
+    store.record({"kind": "old", "time": now - 3 * 86400})
+    store.record({"kind": "new", "time": now})
+    store.save_session({"id": "old", "mac": "m", "started": 1.0, "updated": now - 3 * 86400,
+                        "state": "failed", "closed": True})
+    store.save_session({"id": "open-old", "mac": "m", "started": 1.0, "updated": now - 3 * 86400,
+                        "state": "open", "closed": False})
+    got = []
+    store.prune(now, got.append)
+    store.flush()
+    r = st.Reader(store.path)
+    assert [e["kind"] for _, e in r.events()] == ["new"] and got == [2]
+    assert [s["id"] for s in r.sessions()] == ["open-old"]
+
+
+def test_batches_many_events_in_few_transactions(store):
+    for i in range(5000):
+        store.record({"kind": "dhcp.reply", "time": 1.0 + i})
+    store.flush()
+    assert store.written == 5000 and len(st.Reader(store.path).events(limit=10000)) == 5000
+
+
+def test_reader_explains_a_missing_store(tmp_path):
+    with pytest.raises(st.StoreError, match="no event store yet"):
+        st.Reader(str(tmp_path / "none.sqlite"))
+
+
+def test_an_unwritable_state_dir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(st.StoreError, match="state.dir"):
+        st.EventStore(str(blocker / "sub")).open()
