@@ -12,6 +12,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 
 
@@ -31,6 +32,7 @@ class Lab:
         self.subnet = subnet
         self.namespaces: list[str] = []
         self.procs: list[subprocess.Popen] = []
+        self.tmp = tempfile.mkdtemp(prefix=self.prefix + "-")
         self.bridge_ns = self._netns("br")
         self.sh(self.bridge_ns, "ip link add br0 type bridge")
         self.sh(self.bridge_ns, "ip link set br0 up")
@@ -58,12 +60,25 @@ class Lab:
         return ns
 
     def spawn(self, ns: str, *argv: str, **kw) -> subprocess.Popen:
-        """Start a process in a namespace; it is killed by PID when the lab closes."""
-        kw.setdefault("stdout", subprocess.PIPE)
-        kw.setdefault("stderr", subprocess.PIPE)
+        """Start a process in a namespace; it is killed by PID when the lab closes.
+        Its output goes to a file (proc.log_path) unless stdout/stderr are given: an unread
+        pipe fills up and blocks a chatty server (dnsmasq logs to stderr)."""
+        log_path = None
+        if "stdout" not in kw and "stderr" not in kw:
+            log_path = os.path.join(self.tmp, f"{os.path.basename(argv[0])}-{len(self.procs)}.log")
+            kw["stdout"] = open(log_path, "wb")
+            kw["stderr"] = subprocess.STDOUT
         proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kw)
+        proc.log_path = log_path
         self.procs.append(proc)
         return proc
+
+    @staticmethod
+    def output(proc: subprocess.Popen) -> str:
+        if getattr(proc, "log_path", None):
+            with open(proc.log_path, errors="replace") as fh:
+                return fh.read()
+        return ""
 
     def stop(self, proc: subprocess.Popen, timeout: float = 5.0) -> None:
         if proc.poll() is None:
@@ -80,6 +95,7 @@ class Lab:
         for ns in reversed(self.namespaces):
             run("ip", "netns", "del", ns, check=False)
         self.namespaces.clear()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> "Lab":
         return self

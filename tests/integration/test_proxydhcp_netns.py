@@ -193,7 +193,7 @@ def test_same_host_as_dnsmasq_both_on_port_67():
             proxy, log = start_proxydhcp(lab, pxe, workdir)
             dns = start_dnsmasq(lab, pxe, workdir, "same")   # started after us: we must not hold 67
             assert wait_for(lambda: lab.sh(pxe, "ss -lun 'sport = :67'").stdout.count(":67") >= 1, 5)
-            assert dns.poll() is None, dns.stderr.read().decode()
+            assert dns.poll() is None, lab.output(dns)
             out = lab.sh(dhcpc, "udhcpc -i eth0 -n -q -f -t 5 -T 1 -s /bin/true", check=False)
             assert f"obtained from {PROXY}" in out.stderr + out.stdout, out.stderr
             replies = pxe_client(lab, client, "legacy-bios", "--mac", "52:54:00:bb:00:01")
