@@ -78,6 +78,19 @@ class StateConfig:
 
 
 @dataclass
+class EventsConfig:
+    """The event store, boot sessions and the DHCP-server hook socket (proxydhcp.events)."""
+    enabled: bool = True
+    retention_days: float = 30.0
+    success_stage: str = "boot_script"
+    stall_timeout: float = 120.0
+    loop_threshold: int = 3
+    lease_window: float = 3600.0
+    socket: typing.Optional[str] = None   # default: <state.dir>/hook.sock
+    spool: typing.Optional[str] = None    # default: <state.dir>/spool
+
+
+@dataclass
 class LogConfig:
     level: str = "info"
     format: str = "text"
@@ -94,10 +107,11 @@ class Config:
     profiles: dict
     groups: list
     source: str = "<built-in default>"
+    events: EventsConfig = field(default_factory=EventsConfig)
 
 
 SECTIONS = {"dhcp": DHCPConfig, "boot": BootConfig, "tftp": TFTPConfig, "http": HTTPConfig,
-            "state": StateConfig, "log": LogConfig}
+            "state": StateConfig, "log": LogConfig, "events": EventsConfig}
 
 
 def default_text() -> str:
@@ -191,6 +205,17 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"log.level: must be debug, info, warning or error, got {cfg.log.level!r}")
     if cfg.tftp.max_transfers < 1 or cfg.tftp.max_transfers_per_client < 1:
         raise ConfigError("tftp.max_transfers and tftp.max_transfers_per_client must be at least 1")
+    _validate_events(cfg.events)
+
+
+def _validate_events(e: "EventsConfig") -> None:
+    from proxydhcp.events.sessions import STAGES
+    if e.success_stage not in STAGES:
+        raise ConfigError(f"events.success_stage: one of {', '.join(STAGES)}, got {e.success_stage!r}")
+    if e.retention_days <= 0 or e.stall_timeout <= 0 or e.lease_window <= 0:
+        raise ConfigError("events.retention_days, stall_timeout and lease_window must be positive")
+    if e.loop_threshold < 2:
+        raise ConfigError(f"events.loop_threshold: at least 2, got {e.loop_threshold}")
 
 
 def _merge(base: dict, over: dict) -> dict:

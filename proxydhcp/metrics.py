@@ -42,6 +42,20 @@ HTTP_TRANSFER_DURATION = Histogram(
     ["kind"], registry=REGISTRY,
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300))
 
+BOOT_SESSIONS = Counter(
+    "proxydhcp_boot_sessions", "Boot sessions ended, by outcome (succeeded, failed), arch and firmware kind",
+    ["outcome", "arch", "firmware"], registry=REGISTRY)
+BOOT_FAILURES = Counter(
+    "proxydhcp_boot_failures", "Failed boot sessions, by diagnosis and arch", ["diagnosis", "arch"], registry=REGISTRY)
+BOOT_STAGES = Counter(
+    "proxydhcp_boot_stage", "Boot sessions reaching a stage, by stage and arch", ["stage", "arch"], registry=REGISTRY)
+BOOT_DURATION = Histogram(
+    "proxydhcp_boot_duration_seconds", "Time from a session's first event to its success stage",
+    ["arch"], registry=REGISTRY, buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800))
+LEASE_EVENTS = Counter(
+    "proxydhcp_lease_events", "Events from the DHCP-server hooks, by server and action",
+    ["source", "action"], registry=REGISTRY)
+
 CONFIG_RELOADS = Counter(
     "proxydhcp_config_reloads", "Configuration reloads, by result", ["result"], registry=REGISTRY)
 CONFIG_LAST_RELOAD_OK = Gauge(

@@ -26,6 +26,9 @@ def build(live: LiveConfig, bus: EventBus | None = None) -> MultiService:
     top.live = live
     cfg = live.current
 
+    if cfg.events.enabled:  # first: it subscribes before anything emits
+        from proxydhcp.events.service import EventsService
+        EventsService(live, bus).setServiceParent(top)
     from proxydhcp.net.dhcp_service import DHCPService
     DHCPService(live, bus).setServiceParent(top)
     if cfg.tftp.enabled:

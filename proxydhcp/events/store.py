@@ -117,6 +117,8 @@ def _session_row(s: dict) -> tuple:
 
 
 _STOP = object()
+# What record_durable's callback is told.
+STORED, DUPLICATE, FAILED = "stored", "duplicate", "failed"
 
 
 class EventStore:
@@ -173,10 +175,11 @@ class EventStore:
         """Bus observer: queue the event for the next batch."""
         self._put(("event", event, None))
 
-    def record_durable(self, event: dict, on_done: Callable[[bool], None]) -> None:
-        """Queue the event; on_done(True) once committed (False: not stored), from the writer thread."""
+    def record_durable(self, event: dict, on_done: Callable[[str], None]) -> None:
+        """Queue the event; once its transaction is committed, on_done(STORED) (or DUPLICATE:
+        its uid was already there; FAILED: not stored), called from the writer thread."""
         if not self._put(("event", event, on_done)):
-            on_done(False)
+            on_done(FAILED)
 
     def save_session(self, session: dict) -> None:
         self._put(("session", session, None))
@@ -218,12 +221,16 @@ class EventStore:
         durable = any(cb is not None for kind, _, cb in events)
         ok = True
         pruned = 0
+        fresh: dict = {}
         if events or sessions or prunes:
             try:
                 conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
                 conn.execute("BEGIN IMMEDIATE")
-                conn.executemany("INSERT OR IGNORE INTO events(uid, time, kind, mac, ip, data) "
-                                 "VALUES (?,?,?,?,?,?)", [_event_row(e) for _, e, _ in events])
+                insert = "INSERT OR IGNORE INTO events(uid, time, kind, mac, ip, data) VALUES (?,?,?,?,?,?)"
+                conn.executemany(insert, [_event_row(e) for _, e, cb in events if cb is None])
+                for _, e, cb in events:
+                    if cb is not None:   # a hook waits: tell it whether this was new
+                        fresh[id(e)] = conn.execute(insert, _event_row(e)).rowcount == 1
                 conn.executemany("INSERT OR REPLACE INTO sessions(id, mac, started, updated, state, closed, "
                                  "last_stage, diagnosis, arch, firmware, data) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                                  [_session_row(s) for s in sessions.values()])
@@ -244,8 +251,14 @@ class EventStore:
         for kind, payload, cb in batch:
             if cb is None:
                 continue
+            if kind == "prune":
+                result = pruned
+            elif kind == "event":
+                result = (STORED if fresh.get(id(payload)) else DUPLICATE) if ok else FAILED
+            else:
+                result = ok
             try:
-                cb(pruned if kind == "prune" else ok)
+                cb(result)
             except Exception:
                 log.exception("event store callback failed")
 

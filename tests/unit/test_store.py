@@ -74,11 +74,13 @@ def test_durable_callback_comes_after_the_commit_and_uids_dedupe(store):
 
     ev = {"kind": "lease", "time": time.time(), "uid": "u1", "mac": "aa:bb:cc:dd:ee:ff", "ip": "10.0.0.9"}
     store.record_durable(ev, done)
-    assert committed.wait(5) and seen == [(True, 1)]
+    assert committed.wait(5) and seen == [(st.STORED, 1)]
     store.record(dict(ev))          # the same event again (as the bus observer sees it)
-    store.record_durable(dict(ev), lambda ok: None)
+    again = []
+    store.record_durable(dict(ev), again.append)
     store.flush()
     r = st.Reader(store.path)
+    assert again == [st.DUPLICATE]
     assert len(r.events()) == 1 and r.uids() == {"u1"}
     assert r.events()[0][1]["ip"] == "10.0.0.9"
 
@@ -90,7 +92,7 @@ def test_a_full_queue_drops_and_says_so(tmp_path):
     for i in range(3):
         s.record({"kind": "x", "time": 1.0})
     s.record_durable({"kind": "lease", "time": 1.0}, results.append)
-    assert s.dropped == 2 and results == [False]
+    assert s.dropped == 2 and results == [st.FAILED]
 
 
 def test_retention_deletes_old_events_and_closed_sessions(store):

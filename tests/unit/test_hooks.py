@@ -1,0 +1,201 @@
+"""The DHCP-server hooks: argument/environment parsing, delivery, spool; the daemon's validation."""
+
+import importlib.machinery
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from proxydhcp.events import hooks as intake
+
+HOOKS = os.path.join(os.path.dirname(__file__), "..", "..", "hooks")
+
+
+def load(name):
+    path = os.path.join(HOOKS, name)
+    loader = importlib.machinery.SourceFileLoader(name.replace("-", "_"), path)
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
+
+
+dnsmasq = load("dnsmasq-hook")
+isc = load("isc-dhcpd-hook")
+kea = load("kea-hook")
+common = sys.modules["proxydhcp_hook"]
+
+
+def test_mac_normalisation():
+    n = common.norm_mac
+    assert n("0:1b:2:c:d4:e") == "00:1b:02:0c:d4:0e"          # ISC binary-to-ascii
+    assert n("1:0:1b:2:c:d4:e") == "00:1b:02:0c:d4:0e"        # with the hardware type
+    assert n("AA-BB-CC-DD-EE-FF") == "aa:bb:cc:dd:ee:ff"
+    for bad in ("", None, "aa:bb", "zz:bb:cc:dd:ee:ff", "100:1:2:3:4:5", "aa::cc:dd:ee:ff"):
+        assert n(bad) is None
+
+
+def test_dnsmasq_add_with_environment():
+    env = {"DNSMASQ_INTERFACE": "eth0", "DNSMASQ_LEASE_EXPIRES": "1700003600", "DNSMASQ_TIME_REMAINING": "3600",
+           "DNSMASQ_VENDOR_CLASS": "PXEClient:Arch:00007", "DNSMASQ_USER_CLASS0": "iPXE",
+           "DNSMASQ_USER_CLASS1": "x", "DNSMASQ_CLIENT_ID": "01:aa", "DNSMASQ_RELAY_ADDRESS": "10.0.0.1"}
+    (ev,) = dnsmasq.parse(["add", "AA:BB:CC:DD:EE:FF", "10.1.2.3", "host1"], env)
+    assert ev["kind"] == "lease" and ev["source"] == "dnsmasq" and ev["action"] == "commit"
+    assert ev["mac"] == "aa:bb:cc:dd:ee:ff" and ev["ip"] == "10.1.2.3" and ev["hostname"] == "host1"
+    assert ev["lease_time"] == 3600 and ev["expires"] == 1700003600 and ev["iface"] == "eth0"
+    assert ev["user_classes"] == ["iPXE", "x"] and ev["relay"] == "10.0.0.1" and len(ev["uid"]) == 24
+    assert intake.validate(json.loads(json.dumps(ev)))["mac"] == "aa:bb:cc:dd:ee:ff"
+    assert dnsmasq.parse(["old", "aa:bb:cc:dd:ee:ff", "10.1.2.3"], {})[0]["action"] == "renew"
+    assert dnsmasq.parse(["del", "aa:bb:cc:dd:ee:ff", "10.1.2.3"], {})[0]["action"] == "release"
+
+
+def test_dnsmasq_tftp_and_ignored_actions():
+    (ev,) = dnsmasq.parse(["tftp", "1024", "10.1.2.3", "/srv/tftp/ipxe.efi"], {})
+    assert ev["kind"] == "tftp.transfer" and ev["client_ip"] == "10.1.2.3" and ev["size"] == 1024
+    assert intake.validate(ev)["outcome"] == "ok"
+    for argv in (["init"], ["arp-add", "aa:bb:cc:dd:ee:ff", "10.1.2.3"], ["arp-del", "x", "y"],
+                 ["relay-snoop", "x"], ["add", "00:01:00:01:aa", "fd00::5"]):
+        assert dnsmasq.parse(argv, {}) == []
+    for argv in ([], ["add", "aa:bb:cc:dd:ee:ff"], ["add", "nonsense", "10.1.2.3"], ["tftp", "1"]):
+        with pytest.raises(common.Misuse):
+            dnsmasq.parse(argv, {})
+
+
+def test_isc_dhcpd_commit_release_expiry():
+    (ev,) = isc.parse(["commit", "0:1b:2:c:d4:e", "10.1.2.3", "host1", "7200", "PXEClient:Arch:00000"], {})
+    assert ev["mac"] == "00:1b:02:0c:d4:0e" and ev["lease_time"] == 7200 and ev["action"] == "commit"
+    assert ev["vendor_class"].startswith("PXEClient") and ev["source"] == "isc-dhcpd"
+    (ev,) = isc.parse(["expiry", "0:1b:2:c:d4:e", "10.1.2.3", ""], {})
+    assert ev["action"] == "expire" and "hostname" not in ev
+    assert isc.parse(["release", "0:1b:2:c:d4:e", "10.1.2.3"], {})[0]["action"] == "release"
+    for argv in ([], ["commit", "x", "10.1.2.3"], ["commit", "0:1:2:3:4:5", "nope"], ["bogus", "0:1:2:3:4:5", "10.0.0.1"]):
+        with pytest.raises(common.Misuse):
+            isc.parse(argv, {})
+
+
+def test_kea_hook_points():
+    env = {"LEASES4_SIZE": "2", "QUERY4_TYPE": "DHCPREQUEST", "QUERY4_IFACE_NAME": "eth0",
+           "QUERY4_GIADDR": "0.0.0.0"}
+    for i, ip in enumerate(("10.0.0.5", "10.0.0.6")):
+        env.update({f"LEASES4_AT{i}_ADDRESS": ip, f"LEASES4_AT{i}_HWADDR": "3a:f6:0c:d4:4e:26",
+                    f"LEASES4_AT{i}_HOSTNAME": "kcli", f"LEASES4_AT{i}_VALID_LIFETIME": "600"})
+    evs = kea.parse(["leases4_committed"], env)
+    assert [e["ip"] for e in evs] == ["10.0.0.5", "10.0.0.6"]
+    assert evs[0]["lease_time"] == 600 and evs[0]["action"] == "commit" and "relay" not in evs[0]
+    assert kea.parse(["leases4_committed"], {"LEASES4_SIZE": "0"}) == []
+    lease = {"LEASE4_ADDRESS": "10.0.0.5", "LEASE4_HWADDR": "3a:f6:0c:d4:4e:26", "LEASE4_HOSTNAME": ""}
+    assert kea.parse(["lease4_renew"], dict(lease, QUERY4_TYPE="DHCPDISCOVER")) == []
+    assert kea.parse(["lease4_renew"], dict(lease, QUERY4_TYPE="DHCPREQUEST"))[0]["action"] == "renew"
+    for point, action in (("lease4_release", "release"), ("lease4_expire", "expire"),
+                          ("lease4_decline", "decline"), ("lease4_recover", "recover")):
+        (ev,) = kea.parse([point], lease)
+        assert ev["action"] == action and intake.validate(ev)["ip"] == "10.0.0.5"
+    assert kea.parse(["pkt4_receive"], {}) == [] and kea.parse(["lease6_renew"], {}) == []
+    with pytest.raises(common.Misuse):
+        kea.parse(["lease4_release"], {})
+
+
+@pytest.mark.parametrize("patch,error", [
+    ({"v": 2}, "version"), ({"uid": "x"}, "uid"), ({"source": "infoblox"}, "source"),
+    ({"kind": "dhcp.reply"}, "kind"), ({"action": "steal"}, "action"), ({"mac": "AA:BB"}, "mac"),
+    ({"ip": "300.1.1.1"}, "ip"), ({"lease_time": "600"}, "lease_time"), ({"time": -1}, "time"),
+    ({"hostname": 5}, "hostname")])
+def test_the_daemon_rejects_malformed_events(patch, error):
+    ev = dict(v=1, uid="0123456789ab", kind="lease", time=1.0, source="kea", action="commit",
+              mac="aa:bb:cc:dd:ee:ff", ip="10.0.0.1", lease_time=600)
+    intake.validate(ev)
+    with pytest.raises(intake.BadEvent, match=error):
+        intake.validate(dict(ev, **patch))
+
+
+class FakeDaemon(threading.Thread):
+    """Answers each line with `answer` after `delay` seconds."""
+
+    def __init__(self, path, answer=b"ok", delay=0.0):
+        super().__init__(daemon=True)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen(8)
+        self.answer, self.delay, self.lines = answer, delay, []
+
+    def run(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                for line in conn.makefile("rb"):
+                    self.lines.append(json.loads(line))
+                    time.sleep(self.delay)
+                    try:
+                        conn.sendall(self.answer + b"\n")
+                    except OSError:
+                        break
+
+
+def run_hook(name, args, tmp_path, env=None):
+    e = {"PROXYDHCP_SOCKET": str(tmp_path / "hook.sock"), "PROXYDHCP_SPOOL": str(tmp_path / "spool"),
+         "PATH": "/usr/bin:/bin"}
+    e.update(env or {})
+    t = time.perf_counter()
+    p = subprocess.run([os.path.join(HOOKS, name), *args], env=e, capture_output=True, text=True, timeout=10)
+    return p, time.perf_counter() - t
+
+
+@pytest.fixture
+def spool(tmp_path):
+    (tmp_path / "spool").mkdir()
+    return tmp_path / "spool"
+
+
+def test_delivered_when_the_daemon_answers(tmp_path, spool):
+    d = FakeDaemon(str(tmp_path / "hook.sock"))
+    d.start()
+    p, took = run_hook("dnsmasq-hook", ["add", "aa:bb:cc:dd:ee:ff", "10.0.0.9", "h"], tmp_path)
+    assert p.returncode == 0 and p.stderr == "" and list(spool.iterdir()) == []
+    assert d.lines[0]["mac"] == "aa:bb:cc:dd:ee:ff"
+
+
+def test_spooled_when_the_daemon_is_down(tmp_path, spool):
+    p, took = run_hook("isc-dhcpd-hook", ["commit", "0:1:2:3:4:5", "10.0.0.9"], tmp_path)
+    assert p.returncode == 0 and "spooled 1 event" in p.stderr
+    (f,) = spool.iterdir()
+    assert json.loads(f.read_text())["mac"] == "00:01:02:03:04:05"
+
+
+def test_spooled_when_the_daemon_is_too_slow(tmp_path, spool):
+    d = FakeDaemon(str(tmp_path / "hook.sock"), delay=1.0)
+    d.start()
+    p, took = run_hook("isc-dhcpd-hook", ["commit", "0:1:2:3:4:5", "10.0.0.9"], tmp_path)
+    assert p.returncode == 0 and "no answer" in p.stderr and len(list(spool.iterdir())) == 1
+    assert took < 0.8
+
+
+def test_retry_answer_spools_and_reject_does_not(tmp_path, spool):
+    d = FakeDaemon(str(tmp_path / "hook.sock"), answer=b"retry disk full")
+    d.start()
+    p, _ = run_hook("kea-hook", ["lease4_release"], tmp_path,
+                    {"LEASE4_ADDRESS": "10.0.0.5", "LEASE4_HWADDR": "3a:f6:0c:d4:4e:26"})
+    assert "retry disk full" in p.stderr and len(list(spool.iterdir())) == 1
+
+
+def test_misuse_is_reported_and_exits_zero(tmp_path, spool):
+    p, _ = run_hook("isc-dhcpd-hook", ["comit", "x"], tmp_path)
+    assert p.returncode == 0 and "isc-dhcpd-hook: needs ACTION MAC IP" in p.stderr and "usage:" in p.stderr
+    p, _ = run_hook("dnsmasq-hook", ["arp-add", "aa:bb:cc:dd:ee:ff", "10.0.0.1"], tmp_path)
+    assert p.returncode == 0 and p.stderr == ""
+    p, _ = run_hook("kea-hook", ["--help"], tmp_path)
+    assert p.returncode == 0 and "usage" not in p.stderr and "kea-hook HOOK_POINT" in p.stdout
+
+
+def test_an_unwritable_spool_loses_loudly_but_exits_zero(tmp_path):
+    p, _ = run_hook("dnsmasq-hook", ["add", "aa:bb:cc:dd:ee:ff", "10.0.0.9"], tmp_path,
+                    {"PROXYDHCP_SPOOL": str(tmp_path / "missing")})
+    assert p.returncode == 0 and "1 event(s) lost" in p.stderr
