@@ -1,4 +1,4 @@
-"""Command line: `proxydhcp serve | check-config | arches | explain`."""
+"""Command line: `proxydhcp serve | check-config | arches | explain | sessions | events`."""
 
 from __future__ import annotations
 
@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_check_config)
     s = sub.add_parser("arches", help="print the client architecture table (option 93)")
     s.set_defaults(func=_cmd_arches)
+    from proxydhcp.events import report
+    report.add_parsers(sub)   # sessions, events
     return p
 
 
