@@ -1,0 +1,417 @@
+"""The TFTP service: moves datagrams between sockets and proxydhcp.tftp.transfer.
+
+Owns the sockets, the timer sweep, the limits and the events; no protocol decision (that
+is transfer.Transfer) and no path rule (that is files.resolve).
+
+- Requests arrive on tftp.port (IP_PKTINFO tells which local address and interface).
+  Refusals (missing file, access violation, WRQ, over a limit) are answered from there.
+- Each transfer gets its own socket bound to the address the client asked, an ephemeral
+  port (its TID). The socket is not connect()ed, so that a packet from a stray peer can
+  be answered with ERROR 5 while the transfer goes on (a connected socket would make the
+  kernel drop it); IP_RECVERR instead makes the kernel report ICMP port-unreachable on an
+  unconnected socket, so a client that went away ends its transfer at once.
+- A client that repeats its RRQ (same address, port and file) before acknowledging any
+  DATA is a retransmission, not a new transfer: it is ignored (our own timer resends).
+  Servers that start a second transfer here flood dead ports in a storm (PROTOCOL.md 5).
+- One timer sweep (every SWEEP_INTERVAL while transfers run) fires retransmissions and
+  timeouts, so the per-packet path sets a number instead of rescheduling a timer.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import socket
+import struct
+import time
+
+from twisted.application.service import Service
+
+from proxydhcp import events, metrics
+from proxydhcp.config import LiveConfig
+from proxydhcp.events import EventBus
+from proxydhcp.tftp import files
+from proxydhcp.tftp import packet as pk
+from proxydhcp.tftp.transfer import (ABORTED, BAD_REQUEST, CLIENT_GONE, OK, REFUSED_LIMIT,
+                                     Transfer)
+
+log = logging.getLogger("proxydhcp.tftp")
+
+IP_PKTINFO = 8
+IP_RECVERR = 11
+SIOCGIFMTU = 0x8921
+SWEEP_INTERVAL = 0.05
+LISTEN_BATCH = 64
+RCVBUF = 4 << 20
+_PKTINFO = struct.Struct("=I4s4s")
+_CMSG_SPACE = socket.CMSG_SPACE(_PKTINFO.size)
+
+_outcome_counters: dict = {}
+_duration_hists: dict = {}
+
+
+def _count_outcome(outcome: str) -> None:
+    c = _outcome_counters.get(outcome)
+    if c is None:
+        c = _outcome_counters[outcome] = metrics.TFTP_TRANSFERS.labels(outcome)
+    c.inc()
+
+
+def _observe_duration(label: str, seconds: float) -> None:
+    h = _duration_hists.get(label)
+    if h is None:
+        h = _duration_hists[label] = metrics.TFTP_TRANSFER_DURATION.labels(label)
+    h.observe(seconds)
+
+
+class _Listener:
+    """tftp.port: reads requests in batches and hands them to the service."""
+
+    def __init__(self, service: "TFTPService", sock: socket.socket) -> None:
+        self.service, self.sock = service, sock
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def doRead(self) -> None:
+        recvmsg, handle = self.sock.recvmsg, self.service._on_request
+        for _ in range(LISTEN_BATCH):
+            try:
+                data, anc, _flags, addr = recvmsg(2048, _CMSG_SPACE)
+            except BlockingIOError:
+                return
+            except OSError as exc:      # ICMP noise from an earlier refusal, or similar
+                log.debug("tftp listener: receive failed: %s", exc)
+                continue
+            local, ifindex = None, 0
+            for level, kind, value in anc:
+                if level == socket.IPPROTO_IP and kind == IP_PKTINFO:
+                    ifindex, spec_dst, _dst = _PKTINFO.unpack(value[:_PKTINFO.size])
+                    local = socket.inet_ntoa(spec_dst)
+            try:
+                handle(data, addr, local, ifindex)
+            except Exception:  # one bad request must never stop the listener
+                log.exception("tftp: request from %s:%s failed", *addr)
+
+    def connectionLost(self, reason) -> None:
+        pass
+
+    def logPrefix(self) -> str:
+        return "tftp-listener"
+
+
+class _Session:
+    """One transfer's socket (its TID) and its state machine."""
+
+    __slots__ = ("service", "sock", "peer", "transfer", "client", "file", "label", "key", "ended",
+                 "fd")
+
+    def __init__(self, service, sock, peer, transfer, file, label, key) -> None:
+        self.service, self.sock, self.peer, self.transfer = service, sock, peer, transfer
+        self.client = f"{peer[0]}:{peer[1]}"
+        self.file, self.label, self.key = file, label, key
+        self.ended = False
+        self.fd = sock.fileno()
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def logPrefix(self) -> str:
+        return "tftp-transfer"
+
+    def send(self, datagrams) -> None:
+        sendto, peer = self.sock.sendto, self.peer
+        try:
+            for d in datagrams:
+                sendto(d, peer)
+        except BlockingIOError:
+            pass                          # socket buffer full: as if lost, the timer resends
+        except ConnectionRefusedError:
+            self._icmp_error()
+        except OSError as exc:
+            self.service._end(self, ABORTED, f"send failed: {exc.strerror}")
+
+    def doRead(self) -> None:
+        try:
+            data, addr = self.sock.recvfrom(4096)
+        except BlockingIOError:
+            return
+        except ConnectionRefusedError:
+            self._icmp_error()
+            return
+        except OSError as exc:
+            self.service._end(self, ABORTED, f"receive failed: {exc.strerror}")
+            return
+        if addr != self.peer:
+            self._stray(addr)
+            return
+        transfer = self.transfer
+        out = transfer.receive(data, time.monotonic())
+        if out:
+            self.send(out)
+        if transfer.done and not self.ended:
+            self.service._end(self)
+
+    def _stray(self, addr) -> None:
+        """RFC 1350: a packet from another TID gets ERROR 5; the transfer goes on."""
+        try:
+            self.sock.sendto(pk.encode_error(pk.ERR_UNKNOWN_TID, "unknown transfer ID"), addr)
+        except OSError:
+            pass
+
+    def _icmp_error(self) -> None:
+        """The kernel reported an ICMP error: end the transfer if it came from our client."""
+        offenders = set()
+        while True:
+            try:
+                _data, _anc, _flags, addr = self.sock.recvmsg(64, 512, socket.MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+            offenders.add(addr)
+        if self.peer in offenders or not offenders:
+            self.service._end(self, CLIENT_GONE, "ICMP port unreachable from the client")
+
+    def connectionLost(self, reason) -> None:
+        # The reactor saw EPOLLERR without input: an ICMP error is queued.
+        if self.ended:
+            return
+        self._icmp_error()
+        if not self.ended:
+            self.service.reactor.addReader(self)
+
+
+class TFTPService(Service):
+    """Read-only TFTP on cfg.tftp.port. `port` is the bound port once started."""
+
+    name = "tftp"
+
+    def __init__(self, live: LiveConfig, bus: EventBus, address: str = "0.0.0.0", reactor=None) -> None:
+        self.live, self.bus, self.address = live, bus, address
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+            reactor = default_reactor
+        self.reactor = reactor
+        self.port: int | None = None
+        self.cache = files.ContentCache()
+        self.sessions: dict[int, _Session] = {}
+        self._by_key: dict[tuple, _Session] = {}
+        self._per_client: dict[str, int] = {}
+        self._listener: _Listener | None = None
+        self._sweep_call = None
+        self._mtus: dict[int, tuple[int, float]] = {}
+        self.deduplicated = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def startService(self) -> None:
+        cfg = self.live.current.tftp
+        root = cfg.root
+        if not os.path.isdir(root) or not os.access(root, os.R_OK | os.X_OK):
+            raise _startup_error(f"tftp.root {root!r} is not a readable directory: create it, fix its "
+                                 f"permissions, or set tftp.root (or tftp.enabled: false)")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            sock.bind((self.address, cfg.port))
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise _startup_error(f"UDP port {cfg.port} (tftp.port) is in use by another program "
+                                     f"(another TFTP server?): stop it, or set tftp.port or "
+                                     f"tftp.enabled: false") from None
+            if exc.errno == errno.EACCES:
+                raise _startup_error(f"cannot bind UDP port {cfg.port} (tftp.port): run as root or grant "
+                                     f"CAP_NET_BIND_SERVICE") from None
+            raise _startup_error(f"cannot bind UDP {self.address}:{cfg.port} (tftp.port): {exc.strerror}") from None
+        sock.setblocking(False)
+        self.port = sock.getsockname()[1]
+        self._listener = _Listener(self, sock)
+        self.reactor.addReader(self._listener)
+        Service.startService(self)
+        log.info("TFTP listening on %s:%d, root %s", self.address, self.port, root)
+
+    def stopService(self):
+        Service.stopService(self)
+        if self._listener is not None:
+            self.reactor.removeReader(self._listener)
+            self._listener.sock.close()
+            self._listener = None
+        for session in list(self.sessions.values()):
+            session.transfer.abort(ABORTED, time.monotonic(), "server stopping")
+            self._end(session)
+        if self._sweep_call is not None and self._sweep_call.active():
+            self._sweep_call.cancel()
+        self._sweep_call = None
+
+    # -- requests ----------------------------------------------------------------------------
+    def _on_request(self, data: bytes, addr, local: str | None, ifindex: int) -> None:
+        try:
+            req = pk.decode(data)
+        except pk.TFTPPacketError as exc:
+            self._reply(pk.encode_error(pk.ERR_ILLEGAL, f"malformed request: {exc}"), addr, local, ifindex)
+            return
+        if not isinstance(req, pk.Request):
+            return          # a DATA/ACK/ERROR on the request port: nobody's transfer, ignore
+        key = (addr[0], addr[1], req.filename)
+        existing = self._by_key.get(key)
+        if existing is not None and not existing.ended:
+            if not existing.transfer.progressed:
+                self.deduplicated += 1          # the client repeated its RRQ: same transfer
+                return
+            existing.transfer.abort(ABORTED, time.monotonic(), "the client asked for the file again")
+            self._end(existing)
+        cfg = self.live.current
+        tcfg = cfg.tftp
+        display = req.filename
+        if req.opcode == pk.WRQ:
+            return self._refuse(addr, local, ifindex, display, pk.ERR_ACCESS,
+                                "access violation: this TFTP server is read-only", BAD_REQUEST)
+        if req.mode not in ("octet", "netascii"):
+            if req.mode == "mail":
+                return self._refuse(addr, local, ifindex, display, pk.ERR_ILLEGAL,
+                                    "mail mode is not supported", BAD_REQUEST)
+            return self._refuse(addr, local, ifindex, display, pk.ERR_ACCESS,
+                                "access violation: no transfer mode after the file name "
+                                "(a NUL byte in the name?)", BAD_REQUEST)
+        if len(self.sessions) >= tcfg.max_transfers:
+            return self._refuse(addr, local, ifindex, display, pk.ERR_UNDEFINED,
+                                f"server busy: {len(self.sessions)} transfers in progress "
+                                f"(tftp.max_transfers), try again later", REFUSED_LIMIT)
+        if self._per_client.get(addr[0], 0) >= tcfg.max_transfers_per_client:
+            return self._refuse(addr, local, ifindex, display, pk.ERR_UNDEFINED,
+                                f"too many transfers from {addr[0]} "
+                                f"(tftp.max_transfers_per_client={tcfg.max_transfers_per_client}), "
+                                f"try again later", REFUSED_LIMIT)
+        try:
+            resolved = files.resolve(req.filename, tcfg.root, files.boot_files(cfg))
+            content = self.cache.open(resolved, tcfg.root, display)
+        except files.FileRefused as exc:
+            return self._refuse(addr, local, ifindex, display, exc.code, exc.message, exc.outcome)
+        if req.mode == "netascii":
+            content = content.netascii()
+        sock = None
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+            sock.bind((local or self.address, 0))
+            sock.setblocking(False)
+        except OSError as exc:
+            if sock is not None:
+                sock.close()
+            return self._refuse(addr, local, ifindex, display, pk.ERR_UNDEFINED,
+                                f"server cannot open a transfer socket: {exc.strerror}", ABORTED)
+        now = time.monotonic()
+        transfer = Transfer(content.data, req.options, now=now, mtu=self._mtu(ifindex),
+                            retransmit_timeout=tcfg.retransmit_timeout, max_retries=tcfg.max_retries,
+                            transfer_timeout=tcfg.transfer_timeout, blocks_for=content.blocks)
+        session = _Session(self, sock, (addr[0], addr[1]), transfer, display, resolved.name, key)
+        self.sessions[session.fd] = session
+        self._by_key[key] = session
+        self._per_client[addr[0]] = self._per_client.get(addr[0], 0) + 1
+        metrics.TFTP_ACTIVE.inc()
+        self.reactor.addReader(session)
+        session.send(transfer.start())
+        if self._sweep_call is None:
+            self._sweep_call = self.reactor.callLater(SWEEP_INTERVAL, self._sweep)
+
+    def _reply(self, datagram: bytes, addr, local: str | None, ifindex: int) -> None:
+        """Send from the request port, out of the address the client asked."""
+        if self._listener is None:
+            return
+        try:
+            if local:
+                anc = [(socket.IPPROTO_IP, IP_PKTINFO,
+                        _PKTINFO.pack(ifindex, socket.inet_aton(local), b"\0\0\0\0"))]
+                self._listener.sock.sendmsg([datagram], anc, 0, addr)
+            else:
+                self._listener.sock.sendto(datagram, addr)
+        except OSError as exc:
+            log.debug("tftp: cannot answer %s:%s: %s", addr[0], addr[1], exc)
+
+    def _refuse(self, addr, local, ifindex, display: str, code: int, message: str, outcome: str) -> None:
+        self._reply(pk.encode_error(code, message), addr, local, ifindex)
+        _count_outcome(outcome)
+        log.debug("tftp %s:%s %r refused: %s", addr[0], addr[1], display, message)
+        self.bus.emit(events.TFTP_TRANSFER, client=f"{addr[0]}:{addr[1]}", client_ip=addr[0],
+                      file=_printable(display), size=None, blksize=None, windowsize=None, duration=0.0,
+                      retransmits=0, outcome=outcome, error=message)
+
+    # -- timers and ends ---------------------------------------------------------------------
+    def _sweep(self) -> None:
+        self._sweep_call = None
+        now = time.monotonic()
+        for session in list(self.sessions.values()):
+            t = session.transfer
+            if now >= t.deadline or now >= t.expires:
+                out = t.expire(now)
+                if out:
+                    session.send(out)
+                if t.done and not session.ended:
+                    self._end(session)
+        if self.sessions and self.running:
+            self._sweep_call = self.reactor.callLater(SWEEP_INTERVAL, self._sweep)
+
+    def _end(self, session: _Session, outcome: str | None = None, error: str | None = None) -> None:
+        if session.ended:
+            return
+        session.ended = True
+        t = session.transfer
+        now = time.monotonic()
+        if outcome is not None:
+            t.abort(outcome, now, error or outcome)
+        self.reactor.removeReader(session)
+        session.sock.close()
+        self.sessions.pop(session.fd, None)
+        if self._by_key.get(session.key) is session:
+            del self._by_key[session.key]
+        ip = session.peer[0]
+        left = self._per_client.get(ip, 1) - 1
+        if left > 0:
+            self._per_client[ip] = left
+        else:
+            self._per_client.pop(ip, None)
+        metrics.TFTP_ACTIVE.dec()
+        _count_outcome(t.outcome)
+        metrics.TFTP_BYTES_SENT.inc(t.bytes_acked)
+        if t.retransmits:
+            metrics.TFTP_RETRANSMITS.inc(t.retransmits)
+        if t.outcome == OK:
+            _observe_duration(session.label, t.duration)
+        log.debug("tftp %s %r %s: %d bytes, blksize %d, window %d, %.3f s, %d retransmits%s",
+                  session.client, session.file, t.outcome, t.size, t.blksize, t.windowsize,
+                  t.duration, t.retransmits, f" ({t.error})" if t.error else "")
+        self.bus.emit(events.TFTP_TRANSFER, client=session.client, client_ip=ip,
+                      file=_printable(session.file), size=t.size, blksize=t.blksize,
+                      windowsize=t.windowsize, duration=round(t.duration, 6),
+                      retransmits=t.retransmits, outcome=t.outcome, error=t.error)
+
+    def _mtu(self, ifindex: int) -> int | None:
+        """The MTU of the interface a request came in on (cached for a few seconds)."""
+        if not ifindex:
+            return None
+        now = time.monotonic()
+        hit = self._mtus.get(ifindex)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        try:
+            name = socket.if_indextoname(ifindex)
+            ifreq = struct.pack("16si", name.encode(), 0)
+            mtu = struct.unpack("16si", fcntl.ioctl(self._listener.sock.fileno(), SIOCGIFMTU, ifreq))[1]
+        except OSError:
+            return None
+        self._mtus[ifindex] = (mtu, now + 5.0)
+        return mtu
+
+
+def _printable(name: str) -> str:
+    """The requested name for events and logs (undecodable bytes shown as U+FFFD)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _startup_error(message: str) -> Exception:
+    from proxydhcp.service import StartupError
+    return StartupError(message)
