@@ -121,7 +121,8 @@ def probe(lab: Lab, ns: str, mode: str, n: int, rate: float) -> dict:
 def start_proxydhcp(lab: Lab, ns: str):
     cfg = os.path.join(lab.workdir, "proxydhcp.yaml")
     with open(cfg, "w") as fh:
-        fh.write(f"tftp: {{enabled: false}}\nhttp: {{enabled: false}}\nstate: {{dir: {lab.workdir}/state}}\n")
+        fh.write(f"tftp: {{enabled: false}}\nhttp: {{enabled: false}}\nstate: {{dir: {lab.workdir}/state}}\n"
+                 "dhcp: {rate_per_mac: 0, rate_per_source: 0}\n")  # the load comes from one sender
     log = open(os.path.join(lab.workdir, "proxydhcp.log"), "w")
     proc = lab.spawn(ns, sys.executable, "-m", "proxydhcp", "serve", "-c", cfg, stdout=log,
                      stderr=subprocess.STDOUT, cwd=ROOT)

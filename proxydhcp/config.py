@@ -45,6 +45,14 @@ class DHCPConfig:
     uefi_4011_redirect: bool = True
     reply_delay_ms: int = 0
     quirks: list = field(default_factory=list)
+    allow_macs: list = field(default_factory=list)
+    deny_macs: list = field(default_factory=list)
+    allow_subnets: list = field(default_factory=list)
+    deny_subnets: list = field(default_factory=list)
+    rate_per_mac: float = 4.0
+    burst_per_mac: int = 12
+    rate_per_source: float = 1000.0
+    burst_per_source: int = 2000
 
 
 @dataclass
@@ -172,6 +180,20 @@ def _validate(cfg: Config) -> None:
     for i, uc in enumerate(d.ipxe_user_classes):
         if not isinstance(uc, str) or not uc:
             raise ConfigError(f"dhcp.ipxe_user_classes[{i}]: expected a non-empty string")
+    for key in ("allow_macs", "deny_macs"):
+        for i, pat in enumerate(getattr(d, key)):
+            import re
+            if not isinstance(pat, str) or not re.fullmatch(r"[0-9a-fA-F*?:\-]{2,17}", pat):
+                raise ConfigError(f"dhcp.{key}[{i}]: {pat!r} is not a MAC, OUI or wildcard pattern "
+                                  f"(like 52:54:00:12:34:56, 52:54:00 or 52:54:00:*)")
+    for key in ("allow_subnets", "deny_subnets"):
+        for i, net in enumerate(getattr(d, key)):
+            try:
+                ipaddress.IPv4Network(str(net), strict=False)
+            except ValueError:
+                raise ConfigError(f"dhcp.{key}[{i}]: {net!r} is not an IPv4 subnet like 10.0.0.0/24") from None
+    if d.rate_per_mac < 0 or d.rate_per_source < 0 or d.burst_per_mac < 1 or d.burst_per_source < 1:
+        raise ConfigError("dhcp.rate_per_mac/rate_per_source must be >= 0 (0: no limit) and bursts >= 1")
     if not 0 <= d.reply_delay_ms <= 10000:
         raise ConfigError(f"dhcp.reply_delay_ms: must be 0-10000, got {d.reply_delay_ms}")
     quirks = []

@@ -30,7 +30,8 @@ IGNORED_MESSAGE = "ignored_message"   # a message type we never answer on this p
 NO_BOOT_FILE = "no_boot_file"         # PXE client whose arch has no firmware configured
 MALFORMED = "malformed"
 POLICY = "policy"                     # refused by allow/deny rules
-SILENCE_REASONS = (NOT_PXE, NOT_BOOTREQUEST, IGNORED_MESSAGE, NO_BOOT_FILE, MALFORMED, POLICY)
+RATE_LIMITED = "rate_limited"         # over the per-MAC or per-source reply rate (decided by the service)
+SILENCE_REASONS = (NOT_PXE, NOT_BOOTREQUEST, IGNORED_MESSAGE, NO_BOOT_FILE, MALFORMED, POLICY, RATE_LIMITED)
 REPLIED = "replied"
 
 

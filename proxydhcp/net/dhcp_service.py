@@ -20,6 +20,7 @@ import time
 from twisted.application.service import Service
 
 from proxydhcp import metrics
+from proxydhcp.access import AccessRules, TokenBuckets
 from proxydhcp.config import LiveConfig
 from proxydhcp.dhcp import options as opt
 from proxydhcp.dhcp.packet import MalformedPacket, decode, encode
@@ -27,7 +28,7 @@ from proxydhcp.events import DHCP_REPLY, DHCP_SILENCE, EventBus
 from proxydhcp.net import frames
 from proxydhcp.net.interfaces import InterfaceAddress, NetlinkWatch, read_interfaces
 from proxydhcp.service import StartupError
-from proxydhcp.responder import MALFORMED, PORT_DHCP, PORT_PROXY, REPLIED, Interface, Reply, respond
+from proxydhcp.responder import RATE_LIMITED, MALFORMED, PORT_DHCP, PORT_PROXY, REPLIED, Interface, Reply, respond
 
 log = logging.getLogger("proxydhcp.dhcp")
 
@@ -99,7 +100,7 @@ class _Port67:
             return
         src, sport, _dst, _dport, payload = parsed
         self.service.handle(payload, PORT_DHCP, Interface(self.iface.name, self.iface.address, self.iface.index),
-                            (src, sport), self)
+                            (src, sport), self, source_key=addr[4])  # link-layer sender: a relay or the client
 
     def send(self, payload: bytes, server: str, dest: tuple[str, int]) -> None:
         packet = frames.build_udp(server, self.port, dest[0], dest[1], payload)
@@ -162,8 +163,10 @@ class DHCPService(Service):
         self.listeners: dict[str, _Port67] = {}
         self.port4011: _Port4011 | None = None
         self.watch: NetlinkWatch | None = None
-        self.allowed = None  # optional callable(client) -> reason to refuse, or None
         self._counters: dict = {}
+        self._limits_for = None
+        self._rules = AccessRules()
+        self._per_mac = self._per_source = None
 
     @property
     def reactor(self):
@@ -244,7 +247,18 @@ class DHCPService(Service):
             child = self._counters[key] = metrics.DHCP_PACKETS.labels(port, message, result)
         child.inc()
 
-    def handle(self, data: bytes, port: str, iface: Interface, source: tuple[str, int], sender) -> None:
+    def _limits(self, cfg):
+        """Access rules and rate limiters for the running config (rebuilt after a reload)."""
+        if self._limits_for is not cfg.dhcp:
+            d = cfg.dhcp
+            self._rules = AccessRules(d.allow_macs, d.deny_macs, d.allow_subnets, d.deny_subnets)
+            self._per_mac = TokenBuckets(d.rate_per_mac, d.burst_per_mac)
+            self._per_source = TokenBuckets(d.rate_per_source, d.burst_per_source)
+            self._limits_for = d
+        return self._rules
+
+    def handle(self, data: bytes, port: str, iface: Interface, source: tuple[str, int], sender,
+               source_key=None) -> None:
         started = time.perf_counter()
         try:
             req = decode(data)
@@ -252,9 +266,21 @@ class DHCPService(Service):
             self._count(port, "unknown", MALFORMED)
             log.debug("malformed packet from %s:%d on %s: %s", source[0], source[1], iface.name, exc)
             return
-        result = respond(req, port, iface, source, self.live.current, self.allowed)
+        cfg = self.live.current
+        rules = self._limits(cfg)
+        allowed = None
+        if not rules.empty:
+            net = req.giaddr if req.giaddr != "0.0.0.0" else req.ciaddr if req.ciaddr != "0.0.0.0" else iface.address
+            allowed = lambda c: rules.refuse(c.mac, net)  # noqa: E731
+        result = respond(req, port, iface, source, cfg, allowed)
         message = opt.message_name(req.message_type)
-        if not isinstance(result, Reply):
+        if isinstance(result, Reply):
+            now = time.monotonic()
+            if not (self._per_mac.allow(result.client.mac, now)
+                    and self._per_source.allow(source_key or source[0], now)):
+                self._count(port, message, RATE_LIMITED)
+                return
+        else:
             self._count(port, message, result.reason)
             c = result.client
             if c is not None and c.is_pxe:
