@@ -21,6 +21,10 @@ DHCP_REPLY_DURATION = Histogram(
     ["port"], registry=REGISTRY,
     buckets=(50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3))
 
+FOREIGN_PXE_REPLIES = Counter(
+    "proxydhcp_foreign_pxe_replies", "PXE boot replies seen from another DHCP server on a served segment",
+    registry=REGISTRY)
+
 TFTP_TRANSFERS = Counter(
     "proxydhcp_tftp_transfers", "TFTP transfers ended, by outcome", ["outcome"], registry=REGISTRY)
 TFTP_TRANSFER_DURATION = Histogram(

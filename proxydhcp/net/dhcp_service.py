@@ -98,7 +98,10 @@ class _Port67:
         parsed = frames.parse_udp(data)
         if parsed is None:
             return
-        src, sport, _dst, _dport, payload = parsed
+        src, sport, _dst, dport, payload = parsed
+        if dport != self.port:
+            self.service.observe_reply(payload, src, self.iface)
+            return
         self.service.handle(payload, PORT_DHCP, Interface(self.iface.name, self.iface.address, self.iface.index),
                             (src, sport), self, source_key=addr[4])  # link-layer sender: a relay or the client
 
@@ -167,6 +170,7 @@ class DHCPService(Service):
         self._limits_for = None
         self._rules = AccessRules()
         self._per_mac = self._per_source = None
+        self._foreign_warned: dict[str, float] = {}
 
     @property
     def reactor(self):
@@ -238,6 +242,37 @@ class DHCPService(Service):
             if a.index == index:
                 return a
         return None
+
+    def observe_reply(self, payload: bytes, src: str, iface: InterfaceAddress) -> None:
+        """Another server's reply seen on a served segment: warn (once per server per 10
+        minutes) and count when it carries PXE boot information, which competes with ours."""
+        try:
+            rep = decode(payload)
+        except MalformedPacket:
+            return
+        if rep.op != 2:
+            return
+        sid = rep.options.get(opt.SERVER_ID)
+        server = socket.inet_ntoa(sid) if sid and len(sid) == 4 else src
+        if server in self._our_addresses():
+            return
+        pxe_info = (rep.options.get(opt.VENDOR_CLASS, b"").startswith(opt.VENDOR_PXE)
+                    or opt.VENDOR_SPECIFIC in rep.options or rep.file or opt.BOOTFILE_NAME in rep.options)
+        if not pxe_info:
+            return
+        metrics.FOREIGN_PXE_REPLIES.inc()
+        now = time.monotonic()
+        if now - self._foreign_warned.get(server, -1e9) > 600:
+            self._foreign_warned[server] = now
+            log.warning("another DHCP server (%s) sends PXE boot information on %s (file %r): clients "
+                        "may boot from it instead of proxydhcp; remove its PXE options or restrict "
+                        "proxydhcp with dhcp.interfaces", server, iface.name, rep.file.decode("latin-1"))
+
+    def _our_addresses(self) -> set[str]:
+        ours = {a.address for a in self.interfaces.values()}
+        if self.live.current.dhcp.server_address:
+            ours.add(self.live.current.dhcp.server_address)
+        return ours
 
     # --- the hot path ----------------------------------------------------------------
     def _count(self, port: str, message: str, result: str):

@@ -58,16 +58,32 @@ def build_udp(src: str, sport: int, dst: str, dport: int, payload: bytes, ttl: i
     return header + udp
 
 
-# Classic BPF: accept unfragmented IPv4 UDP to `port` (the socket hands us the IP header first).
-def udp_port_filter(port: int) -> list[tuple[int, int, int, int]]:
+# Classic BPF over the IP header (the packet socket hands us the IP header first): accept
+# unfragmented IPv4 UDP to `port`, and, when watch_replies, server replies (67 -> 68) too, so
+# that another DHCP server's PXE offers on the segment can be noticed.
+def udp_port_filter(port: int, watch_replies: bool = True) -> list[tuple[int, int, int, int]]:
+    accept, drop = (0x06, 0, 0, 0x40000), (0x06, 0, 0, 0)
+    if not watch_replies:
+        return [
+            (0x30, 0, 0, 9),           # 0 ldb [9]            protocol
+            (0x15, 0, 6, PROTO_UDP),   # 1 jeq #17 else drop
+            (0x28, 0, 0, 6),           # 2 ldh [6]            flags + fragment offset
+            (0x45, 4, 0, 0x1FFF),      # 3 jset #0x1fff -> drop (a fragment)
+            (0xB1, 0, 0, 0),           # 4 ldxb 4*([0]&0xf)   header length
+            (0x48, 0, 0, 2),           # 5 ldh [x+2]          UDP destination port
+            (0x15, 0, 1, port),        # 6 jeq #port else drop
+            accept, drop,
+        ]
     return [
-        (0x30, 0, 0, 9),           # ldb [9]            protocol
-        (0x15, 0, 6, PROTO_UDP),   # jeq #17 else drop
-        (0x28, 0, 0, 6),           # ldh [6]            flags + fragment offset
-        (0x45, 4, 0, 0x1FFF),      # jset #0x1fff -> drop (a fragment)
-        (0xB1, 0, 0, 0),           # ldxb 4*([0]&0xf)   header length
-        (0x48, 0, 0, 2),           # ldh [x+2]          UDP destination port
-        (0x15, 0, 1, port),        # jeq #port else drop
-        (0x06, 0, 0, 0x40000),     # ret: accept
-        (0x06, 0, 0, 0),           # ret: drop
+        (0x30, 0, 0, 9),           # 0 ldb [9]
+        (0x15, 0, 9, PROTO_UDP),   # 1 jeq #17 else drop (11)
+        (0x28, 0, 0, 6),           # 2 ldh [6]
+        (0x45, 7, 0, 0x1FFF),      # 3 jset #0x1fff -> drop (11)
+        (0xB1, 0, 0, 0),           # 4 ldxb 4*([0]&0xf)
+        (0x48, 0, 0, 2),           # 5 ldh [x+2]          destination port
+        (0x15, 3, 0, port),        # 6 jeq #port -> accept (10)
+        (0x15, 0, 3, 68),          # 7 jeq #68 else drop (11)
+        (0x48, 0, 0, 0),           # 8 ldh [x+0]          source port
+        (0x15, 0, 1, 67),          # 9 jeq #67 -> accept (10) else drop (11)
+        accept, drop,              # 10, 11
     ]

@@ -204,3 +204,16 @@ def test_same_host_as_dnsmasq_both_on_port_67():
             assert proxy.poll() is None
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_warns_when_another_server_sends_pxe_options(lab):
+    rogue = lab.host("rogue", "10.77.0.66/24")
+    proc = lab.spawn(rogue, "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0", "--user=root",
+                     "--dhcp-range=10.77.0.0,proxy", "--pxe-service=x86PC,rogue,pxelinux",
+                     f"--pid-file={lab.workdir}/rogue.pid")
+    try:
+        assert wait_for(lambda: "proxy on subnet" in lab.output(proc), 5), lab.output(proc)
+        pxe_client(lab, lab.client, "legacy-bios", "--mac", "52:54:00:aa:00:07")
+        assert wait_for(lambda: "another DHCP server (10.77.0.66)" in open(lab.log).read(), 5)
+    finally:
+        lab.stop(proc)

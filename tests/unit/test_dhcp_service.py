@@ -86,3 +86,21 @@ def test_malformed_is_counted():
     before = value("malformed", "unknown")
     svc.handle(b"\x01" * 50, PORT_DHCP, IFACE, ("0.0.0.0", 68), tx)
     assert value("malformed", "unknown") == before + 1 and tx.sent == [] and events == []
+
+
+def test_another_servers_pxe_offer_is_noticed_once(caplog):
+    from proxydhcp.dhcp.packet import encode
+    from proxydhcp.net.interfaces import InterfaceAddress
+    from proxydhcp.responder import respond
+    svc, events, tx = service()
+    svc.interfaces = {"eth0": InterfaceAddress("eth0", 2, "10.77.0.2", 24, 1500, True)}
+    other = respond(decode(request_bytes("legacy-bios")), PORT_DHCP, Interface("eth0", "10.77.0.9"),
+                    ("0.0.0.0", 68), config.parse(None))
+    ours = respond(decode(request_bytes("legacy-bios")), PORT_DHCP, IFACE, ("0.0.0.0", 68), config.parse(None))
+    before = metrics.REGISTRY.get_sample_value("proxydhcp_foreign_pxe_replies_total")
+    for _ in range(3):
+        svc.observe_reply(encode(other.packet), "10.77.0.9", svc.interfaces["eth0"])
+    svc.observe_reply(encode(ours.packet), "10.77.0.2", svc.interfaces["eth0"])
+    assert metrics.REGISTRY.get_sample_value("proxydhcp_foreign_pxe_replies_total") == before + 3
+    warnings = [r for r in caplog.records if "another DHCP server (10.77.0.9)" in r.getMessage()]
+    assert len(warnings) == 1

@@ -41,6 +41,48 @@ def test_parse_rejects_fragments_and_other_protocols():
     assert frames.parse_udp(bytes(tcp)) is None
 
 
-def test_bpf_program_targets_the_configured_port():
-    prog = frames.udp_port_filter(67)
-    assert prog[6] == (0x15, 0, 1, 67) and len(prog) == 9
+def run_bpf(prog, pkt: bytes) -> bool:
+    """A tiny classic-BPF interpreter for the instructions our filters use."""
+    a = x = pc = 0
+    while True:
+        code, jt, jf, k = prog[pc]
+        if code == 0x30:
+            a = pkt[k]
+        elif code == 0x28:
+            a = int.from_bytes(pkt[k:k + 2], "big")
+        elif code == 0x48:
+            a = int.from_bytes(pkt[x + k:x + k + 2], "big")
+        elif code == 0xB1:
+            x = 4 * (pkt[k] & 0xF)
+        elif code == 0x15:
+            pc += jt if a == k else jf
+        elif code == 0x45:
+            pc += jt if a & k else jf
+        elif code == 0x06:
+            return k > 0
+        else:
+            raise AssertionError(f"unexpected opcode {code:#x}")
+        pc += 1
+
+
+def test_bpf_programs_accept_exactly_what_they_should():
+    cases = {
+        (68, 67): True,     # a client request
+        (67, 67): True,     # a relay
+        (67, 68): True,     # another server's reply (watched)
+        (5000, 68): False,
+        (68, 4011): False,
+        (53, 53): False,
+    }
+    for watch in (True, False):
+        prog = frames.udp_port_filter(67, watch_replies=watch)
+        for (sport, dport), want in cases.items():
+            pkt = frames.build_udp("10.0.0.1", sport, "10.0.0.2", dport, b"x" * 20)
+            expected = want and (watch or dport == 67)
+            assert run_bpf(prog, pkt) == expected, (watch, sport, dport)
+        frag = bytearray(frames.build_udp("10.0.0.1", 68, "10.0.0.2", 67, b"x"))
+        frag[7] = 8  # fragment offset
+        assert not run_bpf(prog, bytes(frag))
+        tcp = bytearray(frames.build_udp("10.0.0.1", 68, "10.0.0.2", 67, b"x"))
+        tcp[9] = 6
+        assert not run_bpf(prog, bytes(tcp))
