@@ -111,6 +111,8 @@ def decode(data: bytes) -> Packet:
         if len(parts) < 2:
             raise TFTPPacketError(f"{OPCODE_NAMES[opcode]}: no transfer mode")
         return Request(opcode, _text(parts[0]), parts[1].decode("latin-1").lower(), _options(parts[2:]))
+    if opcode == OACK:
+        return OptionAck(_options(_fields(data[2:], "OACK")) if len(data) > 2 else {})
     if len(data) < 4:
         raise TFTPPacketError(f"opcode {opcode}: shorter than 4 bytes")
     if opcode == DATA:
@@ -122,8 +124,6 @@ def decode(data: bytes) -> Packet:
         end = raw.find(b"\0")
         message = raw if end < 0 else raw[:end]
         return Error((data[2] << 8) | data[3], message.decode("utf-8", "replace"))
-    if opcode == OACK:
-        return OptionAck(_options(_fields(data[2:], "OACK")) if len(data) > 2 else {})
     raise TFTPPacketError(f"unknown opcode {opcode}")
 
 
