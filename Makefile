@@ -13,6 +13,11 @@ $(STAMP): setup.cfg requirements-test.txt
 
 venv: $(STAMP)
 
+# A UEFI and a BIOS VM boot through proxydhcp in network namespaces (root; see tools/demo).
+demo:
+	tools/debian-deps demo
+	$(MAKE) --no-print-directory $(STAMP)
+	PYTHON=$(VENV)/bin/python tools/demo
 
 serve:
 	tools/debian-deps run

@@ -141,12 +141,12 @@ class FirmwareLab:
     """
 
     def __init__(self, workdir: str, *, same_host: bool = False, relay: bool = False,
-                 config_yaml: str | None = None, log=print) -> None:
+                 config_yaml: str | None = None, record: str | None = None) -> None:
         self.workdir = workdir
         os.makedirs(workdir, exist_ok=True)
         self.same_host, self.relay = same_host, relay
         self.config_yaml = config_yaml
-        self.say = log
+        self.record = record
         self.lab: Lab | None = None
         self.captures: list[str] = []
         self.boots: list[Boot] = []
@@ -155,15 +155,23 @@ class FirmwareLab:
         self.proxy_cfg = os.path.join(workdir, "proxydhcp.yaml")
         self.state_dir = os.path.join(workdir, "state")
         self._taps = 0
+        self.plain_macs: tuple = ()
 
     # -- helpers ----------------------------------------------------------------------------
     def _log_file(self, name: str):
         return open(os.path.join(self.workdir, name), "wb")
 
+    def _record(self, line: str) -> None:
+        """With record=PATH, note what must be undone (tools/demo's trap reads it)."""
+        if self.record:
+            with open(self.record, "a") as fh:
+                fh.write(line + "\n")
+
     def spawn(self, ns: str, name: str, *argv: str, **kw) -> subprocess.Popen:
         out = self._log_file(name + ".log")
         proc = self.lab.spawn(ns, *argv, stdout=out, stderr=subprocess.STDOUT, **kw)
         proc.log_path = out.name
+        self._record(f"pid {proc.pid}")
         return proc
 
     def sh(self, ns: str, command: str) -> str:
@@ -182,6 +190,7 @@ class FirmwareLab:
     # -- building ---------------------------------------------------------------------------
     def start(self) -> "FirmwareLab":
         self.lab = Lab(SUBNET)
+        self._record(f"prefix {self.lab.prefix}")
         br = self.lab.bridge_ns
         self.sh(br, "ip link set br0 type bridge mcast_snooping 0")
         if self.relay:
@@ -250,9 +259,19 @@ class FirmwareLab:
         self.proxy = self.lab.spawn(self.pxe_ns, PY, "-m", "proxydhcp", "serve", "-c", self.proxy_cfg,
                                     stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         self.proxy.log_path = self.proxy_log
+        self._record(f"pid {self.proxy.pid}")
         ok = wait_for(lambda: "listening on eth0" in _read(self.proxy_log) or self.proxy.poll() is not None, 20)
         if not ok or self.proxy.poll() is not None:
             raise RuntimeError(f"proxydhcp did not start:\n{_read(self.proxy_log)}")
+
+    def plain_client(self, mac: str = "52:54:00:00:ee:01") -> str:
+        """A non-PXE DHCP client (busybox udhcpc) on the segment gets its lease; returns its MAC."""
+        ns = self.lab.host("plain", None)
+        self.sh(ns, f"ip link set eth0 address {mac}")
+        out = self.lab.sh(ns, "udhcpc -i eth0 -n -q -f -t 5 -T 1 -s /bin/true", check=False)
+        if f"obtained from {self.corp_ip}" not in out.stdout + out.stderr:
+            raise RuntimeError(f"the plain DHCP client got no lease:\n{out.stdout}{out.stderr}")
+        return mac
 
     # -- booting ----------------------------------------------------------------------------
     def boot(self, kind: str, mac: str, label: str | None = None, bridge: str = "br0",
@@ -325,6 +344,7 @@ class FirmwareLab:
         if self.lab is not None:
             self.lab.close()
             self.lab = None
+            self._record("closed")
 
     def __enter__(self) -> "FirmwareLab":
         try:
@@ -455,8 +475,8 @@ class Capture:
                 continue
             if not isinstance(ip, dpkt.ip.IP):
                 continue
-            # the relay case captures two bridges: a routed packet shows up on both
-            key = (bytes(ip), )
+            # the relay case captures two bridges: a routed packet shows up on both (TTL apart)
+            key = (ip.src, ip.dst, ip.id, ip.p, bytes(ip.data))
             if key in seen:
                 continue
             seen.add(key)
@@ -562,8 +582,13 @@ def stages(boot: Boot, cap: Capture, proxy: str = PROXY) -> list[str]:
             else:
                 what = "no address" + (f", boot file {p.file!r}" if p.file else ", no boot file (ask on 4011)"
                                        if p.sport == 67 else "")
-            via = f" via relay {p.dst}" if p.giaddr != "0.0.0.0" and p.dst == p.giaddr else ""
-            name = "proxydhcp" if p.src == proxy and p.yiaddr == "0.0.0.0" else f"DHCP server {p.src}"
+            origin = p.server_id or p.src
+            name = "proxydhcp" if origin == proxy and p.yiaddr == "0.0.0.0" and 51 not in p.options \
+                else f"DHCP server {origin}"
+            if p.giaddr != "0.0.0.0" and p.src == p.giaddr:
+                events.append((p.time, f"relay {p.src} passes {name}'s DHCP{p.msg} on to the client"))
+                continue
+            via = f" to relay {p.dst}" if p.giaddr != "0.0.0.0" and p.dst == p.giaddr else ""
             events.append((p.time, f"{name} DHCP{p.msg} from port {p.sport}{via}: {what}"))
     for t in cap.tftp:
         if t.client in client_ips and t.time >= t0:
@@ -591,12 +616,25 @@ def stages(boot: Boot, cap: Capture, proxy: str = PROXY) -> list[str]:
 # Assertions shared by the tests (each returns a list of problems; empty means fine)
 
 
-def check_proxy_discipline(cap: Capture, proxy: str = PROXY, corp: str = CORP) -> list[str]:
+def proxy_replies(cap: Capture, proxy: str = PROXY, corp: str = CORP) -> list[DHCPPacket]:
+    """Every reply proxydhcp sent. When the corporate dnsmasq shares its address (same
+    namespace), dnsmasq's replies are told apart by the lease time (option 51) they carry."""
+    return [r for r in cap.from_server(proxy) if proxy != corp or 51 not in r.options]
+
+
+def check_proxy_discipline(cap: Capture, proxy: str = PROXY, corp: str = CORP,
+                           plain_macs: tuple = ()) -> list[str]:
     """proxydhcp never offered an address and never answered a non-PXE client."""
     problems = []
-    for r in cap.from_server(proxy):
-        if proxy == corp and r.yiaddr != "0.0.0.0":
-            continue   # same host: dnsmasq's replies come from the same address
+    replies = proxy_replies(cap, proxy, corp)
+    if not replies:
+        problems.append("proxydhcp sent no reply at all in the capture")
+    for mac in plain_macs:
+        if not [p for p in cap.for_mac(mac) if p.op == 1]:
+            problems.append(f"the plain DHCP client {mac} sent nothing (the check would prove nothing)")
+        if [r for r in replies if r.chaddr == mac]:
+            problems.append(f"proxydhcp answered the plain DHCP client {mac}")
+    for r in replies:
         if r.yiaddr != "0.0.0.0":
             problems.append(f"proxydhcp sent {r.msg} with yiaddr {r.yiaddr} to {r.chaddr}")
         req = cap.request_of(r)
@@ -618,19 +656,23 @@ def check_boot(boot: Boot, cap: Capture, *, corp: str = CORP, proxy: str = PROXY
         problems.append(f"no marker on serial within the timeout (QEMU exit {boot.exit_code}); serial tail:\n"
                         + boot.serial[-1500:])
     leases = {p.yiaddr for p in pkts if p.op == 2 and p.msg == "ACK" and p.yiaddr != "0.0.0.0"
-              and (p.server_id == corp)}
+              and p.server_id == corp}
     if not leases:
         problems.append(f"no DHCPACK with an address from the corporate server {corp}")
     if boot.ip and boot.ip not in leases:
         problems.append(f"the boot script saw ip {boot.ip}, not the corporate lease {sorted(leases)}")
-    proxy_replies = [p for p in pkts if p.op == 2 and p.src == proxy and p.yiaddr == "0.0.0.0"]
-    if not proxy_replies:
+    mine = [p for p in proxy_replies(cap, proxy, corp) if p.chaddr == boot.mac and p.time >= boot.started]
+    if not mine:
         problems.append("no reply from proxydhcp to this client")
+    for r in mine:
+        req = cap.request_of(r)
+        if req is not None and 97 in req.options and r.options.get(97) != req.options[97]:
+            problems.append(f"proxydhcp {r.msg} did not echo option 97 byte for byte")
     if relay:
-        to_relay = [p for p in proxy_replies if p.sport == 67 and p.dst == relay and p.dport == 67 and p.giaddr == relay]
+        to_relay = [p for p in mine if p.sport == 67 and p.dst == relay and p.dport == 67 and p.giaddr == relay]
         if not to_relay:
             problems.append(f"proxydhcp sent no offer to the relay {relay}:67")
-    ipxe_offers = [p for p in proxy_replies if p.file.startswith(f"http://{proxy}:")]
+    ipxe_offers = [p for p in mine if p.file.startswith(f"http://{proxy}:")]
     if not ipxe_offers:
         problems.append("proxydhcp never handed iPXE the HTTP script URL")
     http = [h for h in cap.http if h.client in leases and h.server == proxy and "/boot.ipxe" in h.line
@@ -643,7 +685,7 @@ def check_boot(boot: Boot, cap: Capture, *, corp: str = CORP, proxy: str = PROXY
         first = next((p for p in pkts if p.op == 1), None)
         if first is None or first.is_ipxe or first.arch != 7:
             problems.append("the first DHCP request was not EDK2's own PXE client (arch 7, no iPXE user-class)")
-        acks = [p for p in proxy_replies if p.sport == 4011 and p.msg == "ACK" and p.file]
+        acks = [p for p in mine if p.sport == 4011 and p.msg == "ACK" and p.file]
         if not acks:
             problems.append("proxydhcp sent no 4011 ACK with a boot file to EDK2")
         want = acks[0].file if acks else "ipxe.efi"
@@ -661,19 +703,36 @@ def check_boot(boot: Boot, cap: Capture, *, corp: str = CORP, proxy: str = PROXY
 # `python -m tests.e2e.firmware_lab demo`
 
 
-DEMO_PROFILE = f"""
+# proxydhcp's built-in defaults plus one profile for the demo VMs (policy format: profiles
+# and groups, see the README); {{ name }} is proxydhcp's template, ${name} is iPXE's own.
+DEMO_CONFIG = f"""
 profiles:
   demo:
+    description: proxydhcp demo
     script: |
       #!ipxe
       echo
-      echo proxydhcp demo: ${{mac}} booted with ${{ip}} from the corporate DHCP server
+      echo proxydhcp demo: group {{{{ group }}}}, arch {{{{ arch_name }}}}, firmware {{{{ firmware }}}}
+      echo proxydhcp demo: ${{mac}} kept ${{ip}} from the corporate DHCP server
       echo {MARKER} ip=${{ip}} mac=${{mac}}
       reboot
 groups:
   - name: demo-vms
-    match: {{mac: ["52:54:00:de:00:*"]}}
     profile: demo
+    selectors: {{mac: ["52:54:00:de:00:*"]}}
+"""
+
+# For the tests: every machine gets the marker script (a default group, no selectors).
+TEST_CONFIG = f"""
+profiles:
+  marker:
+    script: |
+      #!ipxe
+      echo {MARKER} ip=${{ip}} mac=${{mac}}
+      reboot
+groups:
+  - name: everyone
+    profile: marker
 """
 
 
@@ -687,8 +746,9 @@ def demo(argv: list[str]) -> int:
         print(f"demo: missing {', '.join(missing)} (make demo installs them)", file=sys.stderr)
         return 2
     keep = "--keep" in argv
+    record = argv[argv.index("--record") + 1] if "--record" in argv else None
     workdir = tempfile.mkdtemp(prefix="proxydhcp-demo-")
-    lab = FirmwareLab(workdir, config_yaml=DEMO_PROFILE)
+    lab = FirmwareLab(workdir, config_yaml=DEMO_CONFIG, record=record)
 
     def on_signal(signum, frame):
         raise KeyboardInterrupt
