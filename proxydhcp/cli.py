@@ -30,8 +30,15 @@ def _cmd_serve(args) -> int:
     def stop(*_):
         reactor.callFromThread(reactor.stop)
 
+    def reload(*_):
+        def do():
+            ok, message = live.reload()
+            (log.info if ok else log.error)("SIGHUP: %s", message)
+        reactor.callFromThread(do)
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reload)
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     reactor.run(installSignalHandlers=False)
     return 0
@@ -51,6 +58,28 @@ def _cmd_arches(args) -> int:
     return 0
 
 
+def _cmd_explain(args) -> int:
+    from proxydhcp import policy
+    cfg = config.load(args.config)
+    pol = policy.load(cfg)
+    m = policy.Machine(mac=args.mac.lower().replace("-", ":"), ip=args.ip, uuid=args.uuid, arch=args.arch,
+                       firmware=args.firmware, interface=args.interface, vendor_class=args.vendor_class,
+                       user_classes=tuple(args.user_class or ()))
+    d = pol.match(m)
+    print(f"machine: mac {m.mac} arch {arch.label(m.arch)} uuid {m.uuid or '-'} ip {m.ip or '-'} "
+          f"firmware {m.firmware or '-'} interface {m.interface or '-'}")
+    print(f"group:   {d.group.name if d.group else '(none)'}")
+    print(f"profile: {d.profile or '(none: this machine gets no script)'}")
+    for why in d.why:
+        print(f"  why: {why}")
+    if not d.profile:
+        return 1
+    server = args.server or cfg.dhcp.server_address or "SERVER"
+    print("script:")
+    print(policy.render(pol, d.profile, policy.variables(m, server, cfg.http.port, d.group), d.why), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="proxydhcp",
@@ -63,6 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("check-config", help="validate a config file and exit")
     s.add_argument("-c", "--config", help="YAML config file (default: the built-in default)")
     s.set_defaults(func=_cmd_check_config)
+    s = sub.add_parser("explain", help="which group and profile a machine gets, why, and its script")
+    s.add_argument("-c", "--config", help="YAML config file (default: the built-in default)")
+    s.add_argument("--mac", required=True)
+    s.add_argument("--arch", type=int, help="option-93 code (see `proxydhcp arches`)")
+    s.add_argument("--uuid")
+    s.add_argument("--ip")
+    s.add_argument("--firmware", choices=["legacy-pxe", "ipxe", "uefi-http"])
+    s.add_argument("--interface")
+    s.add_argument("--vendor-class")
+    s.add_argument("--user-class", action="append")
+    s.add_argument("--server", help="our address as the script should show it")
+    s.set_defaults(func=_cmd_explain)
     s = sub.add_parser("arches", help="print the client architecture table (option 93)")
     s.set_defaults(func=_cmd_arches)
     from proxydhcp.events import report

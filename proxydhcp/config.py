@@ -279,6 +279,8 @@ def parse(text: str | None, source: str = "<config>") -> Config:
         raise ConfigError("groups: expected a list of groups")
     cfg = Config(**sections, profiles=profiles, groups=groups, source=source)
     _validate(cfg)
+    from proxydhcp import policy  # profiles and groups: validated by their owner
+    policy.load(cfg)
     return cfg
 
 

@@ -25,7 +25,7 @@ Observer = Callable[[Event], None]
 DHCP_REPLY = "dhcp.reply"        # we answered a PXE client (fields: port, message, firmware, arch, file, ...)
 DHCP_SILENCE = "dhcp.silence"    # we decided not to answer (fields: port, reason, ...)
 TFTP_TRANSFER = "tftp.transfer"  # a TFTP transfer ended (fields: client, file, size, blksize, windowsize, duration, retransmits, outcome)
-HTTP_FETCH = "http.fetch"        # an HTTP request was served (fields: path, kind, code, bytes, duration, client)
+HTTP_FETCH = "http.fetch"        # an HTTP request was served (fields: mac, client_ip, path, fetch (script|file|firmware), code, bytes, duration, profile, group)
 LEASE = "lease"                  # a DHCP server hook reported a lease event (fields: source, action, ip, hostname)
 KINDS = (DHCP_REPLY, DHCP_SILENCE, TFTP_TRANSFER, HTTP_FETCH, LEASE)
 
