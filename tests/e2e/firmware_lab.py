@@ -277,17 +277,18 @@ class FirmwareLab:
     def boot(self, kind: str, mac: str, label: str | None = None, bridge: str = "br0",
              uuid: str | None = None, timeout: float = BOOT_TIMEOUT) -> Boot:
         label = label or kind
+        fname = re.sub(r"[^A-Za-z0-9_.-]", "-", label)
         br = self.lab.bridge_ns
         tap = f"tap{len(self.boots)}"
         self.sh(br, f"ip tuntap add dev {tap} mode tap && ip link set {tap} master {bridge} && ip link set {tap} up")
-        serial = os.path.join(self.workdir, f"serial-{label}.log")
+        serial = os.path.join(self.workdir, f"serial-{fname}.log")
         argv = [QEMU, "-accel", "tcg", "-machine", "pc,graphics=off", "-display", "none", "-no-reboot",
                 "-serial", f"file:{serial}", "-monitor", "none", "-nodefaults",
                 "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no"]
         if uuid:
             argv += ["-uuid", uuid]
         if kind == "uefi":
-            vars_copy = os.path.join(self.workdir, f"OVMF_VARS-{label}.fd")
+            vars_copy = os.path.join(self.workdir, f"OVMF_VARS-{fname}.fd")
             shutil.copyfile(OVMF_VARS, vars_copy)
             argv += ["-m", "256",
                      "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
@@ -298,7 +299,7 @@ class FirmwareLab:
         else:
             raise ValueError(kind)
         started = time.time()
-        vm = self.spawn(br, f"qemu-{label}", *argv)
+        vm = self.spawn(br, f"qemu-{fname}", *argv)
         marker_after = None
         ip = vmac = None
         deadline = started + timeout
