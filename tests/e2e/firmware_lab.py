@@ -252,7 +252,7 @@ class FirmwareLab:
 
     def _start_proxydhcp(self) -> None:
         base = (f"state: {{dir: {self.state_dir}}}\n"
-                f"log: {{level: debug}}\n")
+                f"log: {{level: info}}\n")
         with open(self.proxy_cfg, "w") as fh:
             fh.write(base + (self.config_yaml or ""))
         log = open(self.proxy_log, "wb")
@@ -260,7 +260,9 @@ class FirmwareLab:
                                     stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         self.proxy.log_path = self.proxy_log
         self._record(f"pid {self.proxy.pid}")
-        ok = wait_for(lambda: "listening on eth0" in _read(self.proxy_log) or self.proxy.poll() is not None, 20)
+        # "running" comes once every service (DHCP, TFTP, HTTP) has started
+        ok = wait_for(lambda: (" running (config:" in _read(self.proxy_log) and "listening on eth0" in _read(self.proxy_log))
+                      or self.proxy.poll() is not None, 30)
         if not ok or self.proxy.poll() is not None:
             raise RuntimeError(f"proxydhcp did not start:\n{_read(self.proxy_log)}")
 
@@ -356,6 +358,12 @@ class FirmwareLab:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _plain(text: str) -> str:
+    """Serial output without ANSI escapes and carriage-return overprints."""
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+    return "\n".join(line.split("\r")[-1] if line.rstrip("\r") else "" for line in text.split("\n"))
 
 
 def _text(raw: bytes) -> str:
@@ -714,7 +722,7 @@ profiles:
       #!ipxe
       echo
       echo proxydhcp demo: group {{{{ group }}}}, arch {{{{ arch_name }}}}, firmware {{{{ firmware }}}}
-      echo proxydhcp demo: ${{mac}} kept ${{ip}} from the corporate DHCP server
+      echo proxydhcp demo: ${{mac}} kept its corporate lease ${{ip}}
       echo {MARKER} ip=${{ip}} mac=${{mac}}
       reboot
 groups:
@@ -762,13 +770,22 @@ def demo(argv: list[str]) -> int:
         print(f"  proxydhcp {PROXY}: built-in default config + a 'demo' profile; ProxyDHCP 67/4011, "
               f"TFTP 69 ({IPXE_DIR}), HTTP {HTTP_PORT}")
         lab.start()
-        vms = [("uefi", "52:54:00:de:00:01", "UEFI VM (OVMF, EDK2's own PXE client)"),
-               ("bios", "52:54:00:de:00:02", "BIOS VM (SeaBIOS + iPXE ROM)")]
-        for kind, mac, title in vms:
+        vms = [("uefi", "52:54:00:de:00:01", "6e65746c-6162-4000-8000-00000000de01",
+                "UEFI VM (OVMF, EDK2's own PXE client)"),
+               ("bios", "52:54:00:de:00:02", "6e65746c-6162-4000-8000-00000000de02",
+                "BIOS VM (SeaBIOS + QEMU's iPXE ROM)")]
+        for kind, mac, uuid, title in vms:
             print(f"\n== {title}, MAC {mac}: booting (QEMU TCG, up to {BOOT_TIMEOUT:.0f} s)", flush=True)
-            boot = lab.boot(kind, mac, label=kind)
+            boot = lab.boot(kind, mac, label=kind, uuid=uuid)
             cap = lab.capture()
+            print("  what went over the wire (times from QEMU start; capture of the segment):")
             print("\n".join(stages(boot, cap)))
+            said = [line.strip() for line in _plain(boot.serial).splitlines()
+                    if line.strip().startswith(("proxydhcp demo:", ">>Start PXE", "Downloading NBP", "NBP file",
+                                                "iPXE initialising", "Configuring (net0", "http://"))]
+            if said:
+                print("  what the VM printed on its serial console (excerpt):")
+                print("\n".join("    " + line[:150] for line in said))
             print("  proxydhcp sessions --mac " + mac + ":")
             print("\n".join("    " + line for line in lab.sessions(mac).splitlines()))
             if boot.ok:
