@@ -13,17 +13,12 @@ anything else missing is a failure, since `make test` installs it.
 
 from __future__ import annotations
 
-import importlib.util
 
 import pytest
 
 from tests.e2e import firmware_lab as fl
 
 REASON = fl.qemu_unavailable()
-# While the HTTP service is being written (issue 4) proxydhcp cannot serve a boot script yet;
-# once proxydhcp/web/server.py exists this guard is inert.
-if REASON is None and importlib.util.find_spec("proxydhcp.web.server") is None:
-    REASON = "proxydhcp's HTTP service (proxydhcp/web/server.py) is not there yet: nothing serves the boot script"
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 
 UEFI_MAC = "52:54:00:e2:00:01"
