@@ -7,6 +7,7 @@ Uses the same config as `proxydhcp serve` (tftp and boot sections); --root, --po
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -21,6 +22,7 @@ def main(argv=None) -> int:
     p.add_argument("--port", type=int, help="override tftp.port (0: any free port)")
     p.add_argument("--address", default="0.0.0.0", help="listen address (default 0.0.0.0)")
     p.add_argument("--log-level", default=None)
+    p.add_argument("--events", metavar="FILE", help="append each transfer event to FILE as a JSON line")
     args = p.parse_args(argv)
     cfg = config.load(args.config)
     if args.root is not None:
@@ -34,7 +36,11 @@ def main(argv=None) -> int:
     from proxydhcp.service import StartupError
     from proxydhcp.tftp.server import TFTPService
 
-    svc = TFTPService(config.LiveConfig(cfg, args.config), EventBus(), address=args.address)
+    bus = EventBus()
+    if args.events:
+        out = open(args.events, "a", buffering=1)
+        bus.subscribe(lambda event: out.write(json.dumps(event) + "\n"))
+    svc = TFTPService(config.LiveConfig(cfg, args.config), bus, address=args.address)
     try:
         svc.startService()
     except StartupError as exc:
