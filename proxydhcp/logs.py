@@ -31,3 +31,4 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)  # its debug dumps every netlink message

@@ -189,7 +189,7 @@ class DHCPService(Service):
         if not self.listeners:
             log.warning("no interface to serve yet (dhcp.interfaces=%s); waiting for addresses",
                         cfg.dhcp.interfaces or "all")
-        self.watch = NetlinkWatch(self.refresh)
+        self.watch = NetlinkWatch(self._refresh_soon)
         self.reactor.addReader(self.watch)
         Service.startService(self)
 
@@ -200,11 +200,21 @@ class DHCPService(Service):
             self.reactor.removeReader(self.port4011.reader)
             self.port4011.sock.close()
             self.port4011 = None
+        if self._pending_refresh is not None and self._pending_refresh.active():
+            self._pending_refresh.cancel()
         if self.watch:
             self.reactor.removeReader(self.watch)
             self.watch.sock.close()
             self.watch = None
         return Service.stopService(self)
+
+    _pending_refresh = None
+
+    def _refresh_soon(self) -> None:
+        """Netlink events come in bursts (a renumbering is a delete then an add): re-read once,
+        50 ms after the first."""
+        if self._pending_refresh is None or not self._pending_refresh.active():
+            self._pending_refresh = self.reactor.callLater(0.05, self.refresh)
 
     def refresh(self) -> None:
         """Re-read interfaces; open listeners on new ones, close vanished ones, follow address changes."""
