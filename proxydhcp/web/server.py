@@ -4,7 +4,7 @@ static files with Range, /metrics and /healthz.
   /boot.ipxe?mac=..&arch=..&uuid=..[&ip=..]   the script the ProxyDHCP hands to iPXE
   /firmware/<name>                            configured boot files only (their links followed)
   /<path>                                     files under http.root, never outside it
-  /metrics  /healthz
+  /metrics  /healthz  /api/sessions[/<mac>]
 
 Machine identity beyond the query (interface, vendor and user classes, firmware kind) comes
 from the ProxyDHCP's DHCP_REPLY events on the bus. Every request emits HTTP_FETCH.
@@ -28,7 +28,7 @@ from proxydhcp.events import DHCP_REPLY, HTTP_FETCH, EventBus
 
 log = logging.getLogger("proxydhcp.http")
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-KINDS = ("script", "file", "firmware", "metrics", "health", "other")
+KINDS = ("script", "file", "firmware", "metrics", "health", "api", "other")
 
 
 class MachineRegistry:
@@ -141,6 +141,61 @@ class Metrics(resource.Resource):
         return encoder(metrics.REGISTRY)
 
 
+class ApiSessions(resource.Resource):
+    """/api/sessions[?failed=1&limit=N] and /api/sessions/<mac>: boot sessions as JSON, read
+    from the event store in a thread (never on the reactor)."""
+
+    isLeaf = True
+
+    def __init__(self, service: "HTTPService") -> None:
+        super().__init__()
+        self.service = service
+
+    def render_GET(self, request):
+        import json
+
+        from twisted.internet import threads
+        from proxydhcp.events.store import Reader, StoreError, db_path
+
+        parts = [p.decode("utf-8", "replace") for p in request.postpath if p]
+        mac = parts[0].lower().replace("-", ":") if parts else None
+        if mac is not None and not _MAC.match(mac):
+            request.setResponseCode(400)
+            return b'{"error": "expected /api/sessions/aa:bb:cc:dd:ee:ff"}\n'
+        failed = request.args.get(b"failed", [b""])[0] in (b"1", b"true", b"yes")
+        try:
+            limit = max(1, min(1000, int(request.args.get(b"limit", [b"50"])[0])))
+        except ValueError:
+            limit = 50
+        path = db_path(self.service.live.current.state.dir)
+
+        def query():
+            reader = Reader(path)
+            try:
+                return reader.sessions(mac=mac, failed=failed, limit=limit)
+            finally:
+                reader.close()
+
+        def done(rows):
+            request.setHeader(b"content-type", b"application/json")
+            if mac is not None and not rows:
+                request.setResponseCode(404)
+                rows = {"error": f"no session for {mac}"}
+            request.write(json.dumps(rows if mac is None or isinstance(rows, dict) else rows[0],
+                                     default=str).encode() + b"\n")
+            request.finish()
+
+        def failed_query(f):
+            request.setResponseCode(503)
+            request.setHeader(b"content-type", b"application/json")
+            request.write(json.dumps({"error": f"event store unavailable: {f.getErrorMessage()}"}).encode() + b"\n")
+            request.finish()
+
+        d = threads.deferToThread(query)
+        d.addCallbacks(done, failed_query)
+        return server.NOT_DONE_YET
+
+
 class Root(resource.Resource):
     def __init__(self, service: "HTTPService") -> None:
         super().__init__()
@@ -148,6 +203,9 @@ class Root(resource.Resource):
         self.putChild(b"metrics", Metrics())
         self.putChild(b"healthz", _Text(b"ok\n"))
         self.putChild(b"firmware", Firmware(service))
+        api = resource.Resource()
+        api.putChild(b"sessions", ApiSessions(service))
+        self.putChild(b"api", api)
 
     def getChild(self, name, request):
         cfg = self.service.live.current
@@ -167,6 +225,8 @@ def kind_of(path: bytes, script_path: bytes) -> str:
         return "metrics"
     if path == b"/healthz":
         return "health"
+    if path.startswith(b"/api/"):
+        return "api"
     return "file"
 
 
@@ -263,7 +323,7 @@ class HTTPService(Service):
         duration = time.time() - request.started if hasattr(request, "started") else 0.0
         metrics.HTTP_REQUESTS.labels(kind, code).inc()
         metrics.HTTP_TRANSFER_DURATION.labels(kind).observe(duration)
-        if kind in ("metrics", "health"):
+        if kind in ("metrics", "health", "api"):
             return
         mac = getattr(request, "proxydhcp_mac", None)
         peer = request.getClientAddress().host

@@ -15,6 +15,7 @@ from tests.netlab import wait_for
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 CONFIG = """
+state: {{dir: {state}}}
 http: {{port: 0, root: {root}}}
 tftp: {{root: {tftp}}}
 boot: {{firmware: {{bios: undionly.kpxe, x64-uefi: ipxe.efi}}}}
@@ -44,7 +45,23 @@ def server(tmp_path_factory):
     os.symlink(tmp / "real.efi", tftp / "ipxe.efi")          # like Debian's /usr/lib/ipxe/ipxe.efi
     (tftp / "undionly.kpxe").write_bytes(b"KPXE" * 100)
     cfg = tmp / "proxydhcp.yaml"
-    cfg.write_text(CONFIG.format(root=root, tftp=tftp))
+    state = tmp / "state"
+    from proxydhcp.events.sessions import Tracker
+    from proxydhcp.events.store import EventStore
+    store = EventStore(str(state))
+    store.open()
+    store.start()
+    tracker = Tracker("boot_script", 120, 3, 3600)
+    for i, (kind, fields) in enumerate([
+            ("dhcp.reply", dict(port="67", message="offer", request="discover", firmware="ipxe", arch=7,
+                                boot_file="http://x/boot.ipxe")),
+            ("http.fetch", dict(path="/boot.ipxe", fetch="script", code=200, bytes=100, client_ip="10.0.0.9"))]):
+        tracker.feed({"kind": kind, "time": 1000.0 + i, "mac": "52:54:00:aa:00:09", **fields})
+    for sess in tracker.by_mac.values():
+        store.save_session(sess.as_dict())
+    store.flush()
+    store.stop()
+    cfg.write_text(CONFIG.format(root=root, tftp=tftp, state=state))
     proc = subprocess.Popen([sys.executable, "-m", "tests.http_harness", str(cfg)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     port = int(proc.stdout.readline())
@@ -132,3 +149,16 @@ def test_reload_with_a_broken_file_keeps_the_old_config(server):
     server.send_signal(signal.SIGHUP)
     assert server.stdout.readline().startswith("RELOAD-OK")
     assert b"echo bonjour" in get(server, "/boot.ipxe?mac=52:54:00:aa:00:03")[1]
+
+
+def test_api_sessions(server):
+    code, body, headers = get(server, "/api/sessions")
+    import json
+    rows = json.loads(body)
+    assert code == 200 and headers["Content-Type"] == "application/json"
+    assert [r["mac"] for r in rows] == ["52:54:00:aa:00:09"]
+    code, body, _ = get(server, "/api/sessions/52:54:00:aa:00:09")
+    one = json.loads(body)
+    assert code == 200 and one["mac"] == "52:54:00:aa:00:09" and "boot_script" in json.dumps(one)
+    assert get(server, "/api/sessions/52:54:00:ff:ff:ff")[0] == 404
+    assert get(server, "/api/sessions/bogus")[0] == 400
