@@ -362,7 +362,7 @@ class FirmwareLab:
 
 def _plain(text: str) -> str:
     """Serial output without ANSI escapes and carriage-return overprints."""
-    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+    text = re.sub(r"\x1b\[[0-9;?=]*[A-Za-z]", "", text)
     return "\n".join(line.split("\r")[-1] if line.rstrip("\r") else "" for line in text.split("\n"))
 
 
@@ -663,7 +663,7 @@ def check_boot(boot: Boot, cap: Capture, *, corp: str = CORP, proxy: str = PROXY
     pkts = [p for p in cap.for_mac(boot.mac) if p.time >= boot.started]
     if not boot.ok:
         problems.append(f"no marker on serial within the timeout (QEMU exit {boot.exit_code}); serial tail:\n"
-                        + boot.serial[-1500:])
+                        + _plain(boot.serial)[-1500:])
     leases = {p.yiaddr for p in pkts if p.op == 2 and p.msg == "ACK" and p.yiaddr != "0.0.0.0"
               and p.server_id == corp}
     if not leases:
@@ -793,7 +793,7 @@ def demo(argv: list[str]) -> int:
             else:
                 failed.append(kind)
                 print(f"  RESULT: FAILED, no boot script after {boot.ended_after:.1f} s; serial tail:")
-                print("\n".join("    " + line for line in boot.serial.strip().splitlines()[-15:]))
+                print("\n".join("    " + line for line in _plain(boot.serial).strip().splitlines()[-15:]))
                 print("  proxydhcp log tail:")
                 print("\n".join("    " + line for line in _read(lab.proxy_log).strip().splitlines()[-15:]))
         problems = check_proxy_discipline(lab.capture())
