@@ -30,15 +30,12 @@ def _cmd_serve(args) -> int:
     def stop(*_):
         reactor.callFromThread(reactor.stop)
 
-    def reload(*_):
-        def do():
-            ok, message = live.reload()
-            (log.info if ok else log.error)("SIGHUP: %s", message)
-        reactor.callFromThread(do)
-
+    from proxydhcp.policy.reload import Reloader
+    reloader = Reloader(live, reactor)  # SIGHUP, and the config file changing
+    reloader.install_sighup()
+    reloader.watch()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGHUP, reload)
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     reactor.run(installSignalHandlers=False)
     return 0
@@ -59,24 +56,16 @@ def _cmd_arches(args) -> int:
 
 
 def _cmd_explain(args) -> int:
-    from proxydhcp import policy
+    from proxydhcp.policy import explain
     cfg = config.load(args.config)
-    pol = policy.load(cfg)
-    m = policy.Machine(mac=args.mac.lower().replace("-", ":"), ip=args.ip, uuid=args.uuid, arch=args.arch,
-                       firmware=args.firmware, interface=args.interface, vendor_class=args.vendor_class,
-                       user_classes=tuple(args.user_class or ()))
-    d = pol.match(m)
-    print(f"machine: mac {m.mac} arch {arch.label(m.arch)} uuid {m.uuid or '-'} ip {m.ip or '-'} "
-          f"firmware {m.firmware or '-'} interface {m.interface or '-'}")
-    print(f"group:   {d.group.name if d.group else '(none)'}")
-    print(f"profile: {d.profile or '(none: this machine gets no script)'}")
-    for why in d.why:
-        print(f"  why: {why}")
-    if not d.profile:
-        return 1
-    server = args.server or cfg.dhcp.server_address or "SERVER"
+    m = explain.machine(args.mac, arch=args.arch, uuid=args.uuid, ip=args.ip, firmware=args.firmware,
+                        interface=args.interface, vendor_class=args.vendor_class,
+                        user_classes=args.user_class, hostname=args.hostname)
+    lines, script = explain.explain(cfg, m, args.server or cfg.dhcp.server_address or "SERVER",
+                                    ask_api=not args.no_api)
+    print("\n".join(lines))
     print("script:")
-    print(policy.render(pol, d.profile, policy.variables(m, server, cfg.http.port, d.group), d.why), end="")
+    print(script, end="")
     return 0
 
 
@@ -102,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--interface")
     s.add_argument("--vendor-class")
     s.add_argument("--user-class", action="append")
+    s.add_argument("--hostname")
     s.add_argument("--server", help="our address as the script should show it")
+    s.add_argument("--no-api", action="store_true", help="do not ask an api profile's URL; show the fallback")
     s.set_defaults(func=_cmd_explain)
     s = sub.add_parser("arches", help="print the client architecture table (option 93)")
     s.set_defaults(func=_cmd_arches)

@@ -1,17 +1,21 @@
 """The HTTP service (twisted.web): per-machine iPXE scripts, firmware for UEFI HTTP boot,
 static files with Range, /metrics and /healthz.
 
-  /boot.ipxe?mac=..&arch=..&uuid=..[&ip=..]   the script the ProxyDHCP hands to iPXE
-  /firmware/<name>                            configured boot files only (their links followed)
-  /<path>                                     files under http.root, never outside it
-  /metrics  /healthz  /api/sessions[/<mac>]
+  <boot.script_path>?mac=..&arch=..&uuid=..[&ip=..&hostname=..]   the script iPXE is told to fetch
+  /firmware/<name>     the boot files named in boot.firmware only (their symlinks followed)
+  /metrics /healthz    Prometheus exposition of proxydhcp.metrics.REGISTRY; liveness
+  /<path>              files under http.root (Range, HEAD), never outside it, no listings
 
-Machine identity beyond the query (interface, vendor and user classes, firmware kind) comes
-from the ProxyDHCP's DHCP_REPLY events on the bus. Every request emits HTTP_FETCH.
+What a machine boots is proxydhcp.policy's decision; this module only gathers the machine's
+identity (the query, the peer address, and the last DHCP reply the ProxyDHCP sent that MAC,
+seen on the event bus) and serves the result. Every request ends in one HTTP_FETCH event
+(scrapes of /metrics and /healthz are only counted) and in the HTTP metrics, whose labels
+take bounded values. Reads `live.current` per request, so a reload applies at once.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -25,14 +29,17 @@ from twisted.web import resource, server, static
 from proxydhcp import metrics, policy
 from proxydhcp.config import ConfigError, LiveConfig
 from proxydhcp.events import DHCP_REPLY, HTTP_FETCH, EventBus
+from proxydhcp.policy import external
 
 log = logging.getLogger("proxydhcp.http")
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-KINDS = ("script", "file", "firmware", "metrics", "health", "api", "other")
+KINDS = ("script", "file", "firmware", "metrics", "health", "other")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
+_CODES = frozenset((200, 206, 301, 302, 304, 400, 403, 404, 405, 416, 500, 503))
 
 
 class MachineRegistry:
-    """Last DHCP_REPLY per MAC (bounded), for the selectors a URL does not carry."""
+    """The last DHCP_REPLY per MAC (bounded, oldest forgotten first): the selectors a URL
+    does not carry (interface, vendor and user classes, firmware kind)."""
 
     def __init__(self, size: int = 50000) -> None:
         self.size = size
@@ -46,31 +53,60 @@ class MachineRegistry:
         while len(self.by_mac) > self.size:
             self.by_mac.popitem(last=False)
 
+    def mac_for_ip(self, ip: str) -> str | None:
+        for mac in reversed(self.by_mac):
+            if self.by_mac[mac].get("client_ip") == ip:
+                return mac
+        return None
 
-def machine_from(args: dict, peer_ip: str | None, registry: MachineRegistry) -> policy.Machine:
-    mac = args.get("mac", "").lower().replace("-", ":")
+
+def _ipv4(text) -> str | None:
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except (ValueError, TypeError):
+        return None
+
+
+def machine_from(args: dict, peer_ip: str | None, registry: MachineRegistry) -> policy.Machine | None:
+    """The machine a script request describes, or None without a valid MAC. Every value that
+    reaches a script is validated here: a bad uuid, ip, arch or hostname is dropped."""
+    mac = policy.normalise_mac(args.get("mac", ""))
+    if mac is None:
+        return None
     seen = registry.by_mac.get(mac, {})
-    arch = args.get("arch")
+    arch = args.get("arch", "")
+    arch_code = int(arch) if arch.isdigit() and len(arch) <= 5 else seen.get("arch")
+    uuid = policy.normalise_uuid(args["uuid"]) if args.get("uuid") else None
+    hostname = args.get("hostname")
     return policy.Machine(
-        mac=mac, ip=args.get("ip") or peer_ip, uuid=args.get("uuid") or seen.get("uuid"),
-        arch=int(arch) if arch and arch.isdigit() else seen.get("arch"),
+        mac=mac, ip=_ipv4(args.get("ip")) or _ipv4(peer_ip), uuid=uuid or seen.get("uuid"),
+        arch=arch_code if isinstance(arch_code, int) else None,
         firmware=seen.get("firmware"), interface=seen.get("iface"), vendor_class=seen.get("vendor_class"),
-        user_classes=tuple(seen.get("user_classes") or ()))
+        user_classes=tuple(seen.get("user_classes") or ()),
+        hostname=hostname if hostname and _HOSTNAME.match(hostname) else None)
+
+
+def _mark(request, kind: str) -> None:
+    if not hasattr(request, "proxydhcp_kind"):
+        request.proxydhcp_kind = kind
 
 
 class _Text(resource.Resource):
     isLeaf = True
 
-    def __init__(self, body: bytes, ctype: bytes = b"text/plain; charset=utf-8") -> None:
+    def __init__(self, body: bytes, kind: str) -> None:
         super().__init__()
-        self.body, self.ctype = body, ctype
+        self.body, self.kind = body, kind
 
     def render_GET(self, request):
-        request.setHeader(b"content-type", self.ctype)
+        _mark(request, self.kind)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return self.body
 
 
 class BootScript(resource.Resource):
+    """The per-machine iPXE script. Answers at once from local groups; an `api` profile
+    waits for the API at most its timeout, then falls back to the local groups."""
     isLeaf = True
 
     def __init__(self, service: "HTTPService") -> None:
@@ -78,32 +114,70 @@ class BootScript(resource.Resource):
         self.service = service
 
     def render_GET(self, request):
-        args = {k.decode("latin-1"): v[0].decode("utf-8", "replace") for k, v in request.args.items() if v}
+        _mark(request, "script")
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        args = {k.decode("latin-1"): v[0].decode("utf-8", "replace") for k, v in request.args.items() if v}
         m = machine_from(args, request.getClientAddress().host, self.service.registry)
-        if not _MAC.match(m.mac):
+        if m is None:
             request.setResponseCode(400)
-            return b"#!ipxe\necho proxydhcp: /boot.ipxe needs ?mac=aa:bb:cc:dd:ee:ff\nexit 1\n"
-        script, decision = self.service.script_for(m, request.getHost().host)
+            return b"#!ipxe\necho proxydhcp: the script URL needs ?mac=aa:bb:cc:dd:ee:ff\nexit 1\n"
         request.proxydhcp_mac = m.mac
-        request.proxydhcp_profile = decision.profile
-        request.proxydhcp_group = decision.group.name if decision.group else None
-        if script is None:
-            request.setResponseCode(404)
-            return (f"#!ipxe\necho proxydhcp: no profile for {m.mac}: {'; '.join(decision.why)}\nexit 1\n").encode()
-        return script.encode()
+        cfg = self.service.live.current
+        pol = self.service.policy
+        server_ip = cfg.dhcp.server_address or request.getHost().host
+        d = pol.match(m)
+
+        def vars_for(decision):
+            return pol.variables(m, server_ip, self.service.http_port, cfg.boot.script_path, decision)
+
+        settings = pol.api_settings(d)
+        if settings is None:
+            return self._done(request, pol.script(d, vars_for(d)), d.profile, d.group_name)
+        url = policy.expand(settings["url"], vars_for(d), in_url=True)
+        gone = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def answered(answer):
+            profile, notes = pol.from_answer(d, answer)
+            return pol.script(d, vars_for(d), profile, notes), answer.profile or d.profile, d.group_name
+
+        def fallback(failure):
+            why = failure.getErrorMessage() if failure.check(external.NoAnswer) else repr(failure.value)
+            if not failure.check(external.NoAnswer):
+                log.error("api profile %s: %s", d.profile, failure.getTraceback())
+            log.info("%s: api profile %s gave no decision (%s); local groups decide", m.mac, d.profile, why)
+            fb = d.fallback
+            return pol.script(fb, vars_for(fb)), fb.profile, fb.group_name
+
+        def send(result):
+            if not gone:
+                request.write(self._done(request, *result))
+                request.finish()
+
+        self.service.asker.ask(settings, url).addCallback(answered).addErrback(fallback).addCallback(send)
+        return server.NOT_DONE_YET
+
+    @staticmethod
+    def _done(request, script: str, profile: str, group: str | None) -> bytes:
+        request.proxydhcp_profile, request.proxydhcp_group = profile, group
+        body = script.encode("utf-8")
+        request.setHeader(b"content-length", str(len(body)).encode())
+        return body
 
 
 class ConfinedFile(static.File):
-    """static.File (Range, HEAD, content types) that refuses any path resolving outside its root."""
+    """static.File (Range, HEAD, content types) that refuses any path resolving outside its
+    root (`..`, encoded slashes, symlinks leading out) and lists no directories."""
 
     def __init__(self, path: str, root: str | None = None, **kw) -> None:
         super().__init__(path, **kw)
         self.confine_to = os.path.realpath(root or path)
 
     def getChild(self, path, request):
-        if b"\x00" in path or b"\\" in path:
-            return resource.NoResource("refused")
+        _mark(request, "file")
+        if b"\x00" in path or b"\\" in path or b"/" in path or path in (b"..", b"."):
+            return resource.ForbiddenResource("refused")
         child = super().getChild(path, request)
         if isinstance(child, static.File):
             real = os.path.realpath(child.path)
@@ -111,10 +185,12 @@ class ConfinedFile(static.File):
                 return resource.ForbiddenResource("outside the HTTP root")
         return child
 
+    def directoryListing(self):
+        return resource.ForbiddenResource("no directory listings")
+
     def createSimilarFile(self, path):
         f = ConfinedFile(path, self.confine_to, defaultType=self.defaultType)
-        f.processors, f.indexNames = self.processors, self.indexNames[:]
-        f.childNotFound = self.childNotFound
+        f.indexNames = []
         return f
 
 
@@ -126,74 +202,27 @@ class Firmware(resource.Resource):
         self.service = service
 
     def getChild(self, name, request):
+        _mark(request, "firmware")
         path = self.service.firmware_files().get(name.decode("utf-8", "replace"))
-        if path is None:
+        if path is None or request.postpath or not os.path.isfile(path):
             return resource.NoResource("not a configured boot file")
-        return static.File(path, defaultType="application/octet-stream")
+        f = static.File(path, defaultType="application/octet-stream")
+        f.isLeaf = True
+        return f
+
+    def render_GET(self, request):
+        _mark(request, "firmware")
+        return resource.NoResource("name a configured boot file").render(request)
 
 
 class Metrics(resource.Resource):
     isLeaf = True
 
     def render_GET(self, request):
+        _mark(request, "metrics")
         encoder, ctype = exposition.choose_encoder(request.getHeader(b"accept") or "")
         request.setHeader(b"content-type", ctype.encode())
         return encoder(metrics.REGISTRY)
-
-
-class ApiSessions(resource.Resource):
-    """/api/sessions[?failed=1&limit=N] and /api/sessions/<mac>: boot sessions as JSON, read
-    from the event store in a thread (never on the reactor)."""
-
-    isLeaf = True
-
-    def __init__(self, service: "HTTPService") -> None:
-        super().__init__()
-        self.service = service
-
-    def render_GET(self, request):
-        import json
-
-        from twisted.internet import threads
-        from proxydhcp.events.store import Reader, StoreError, db_path
-
-        parts = [p.decode("utf-8", "replace") for p in request.postpath if p]
-        mac = parts[0].lower().replace("-", ":") if parts else None
-        if mac is not None and not _MAC.match(mac):
-            request.setResponseCode(400)
-            return b'{"error": "expected /api/sessions/aa:bb:cc:dd:ee:ff"}\n'
-        failed = request.args.get(b"failed", [b""])[0] in (b"1", b"true", b"yes")
-        try:
-            limit = max(1, min(1000, int(request.args.get(b"limit", [b"50"])[0])))
-        except ValueError:
-            limit = 50
-        path = db_path(self.service.live.current.state.dir)
-
-        def query():
-            reader = Reader(path)
-            try:
-                return reader.sessions(mac=mac, failed=failed, limit=limit)
-            finally:
-                reader.close()
-
-        def done(rows):
-            request.setHeader(b"content-type", b"application/json")
-            if mac is not None and not rows:
-                request.setResponseCode(404)
-                rows = {"error": f"no session for {mac}"}
-            request.write(json.dumps(rows if mac is None or isinstance(rows, dict) else rows[0],
-                                     default=str).encode() + b"\n")
-            request.finish()
-
-        def failed_query(f):
-            request.setResponseCode(503)
-            request.setHeader(b"content-type", b"application/json")
-            request.write(json.dumps({"error": f"event store unavailable: {f.getErrorMessage()}"}).encode() + b"\n")
-            request.finish()
-
-        d = threads.deferToThread(query)
-        d.addCallbacks(done, failed_query)
-        return server.NOT_DONE_YET
 
 
 class Root(resource.Resource):
@@ -201,50 +230,51 @@ class Root(resource.Resource):
         super().__init__()
         self.service = service
         self.putChild(b"metrics", Metrics())
-        self.putChild(b"healthz", _Text(b"ok\n"))
+        self.putChild(b"healthz", _Text(b"ok\n", "health"))
         self.putChild(b"firmware", Firmware(service))
-        api = resource.Resource()
-        api.putChild(b"sessions", ApiSessions(service))
-        self.putChild(b"api", api)
+
+    def getChildWithDefault(self, name, request):
+        cfg = self.service.live.current
+        if request.path == cfg.boot.script_path.encode():  # configurable, so not a putChild
+            return self.service.boot_script
+        return super().getChildWithDefault(name, request)
 
     def getChild(self, name, request):
-        cfg = self.service.live.current
-        if request.path == cfg.boot.script_path.encode():
-            return self.service.boot_script
-        if cfg.http.root:
-            return ConfinedFile(cfg.http.root).getChild(name, request)
-        return resource.NoResource()
+        root = self.service.live.current.http.root
+        if root:
+            return ConfinedFile(root).getChild(name, request)
+        _mark(request, "other")
+        return resource.NoResource("no http.root is configured")
 
-
-def kind_of(path: bytes, script_path: bytes) -> str:
-    if path == script_path:
-        return "script"
-    if path.startswith(b"/firmware/"):
-        return "firmware"
-    if path == b"/metrics":
-        return "metrics"
-    if path == b"/healthz":
-        return "health"
-    if path.startswith(b"/api/"):
-        return "api"
-    return "file"
+    def render_GET(self, request):
+        _mark(request, "other")
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"proxydhcp\n"
 
 
 class _Request(server.Request):
+    started = 0.0
+
     def process(self):
-        self.started = time.time()
+        self.started = time.monotonic()
+        self.notifyFinish().addErrback(lambda _: self.channel.site.service.finished(self, aborted=True)
+                                       if getattr(self.channel, "site", None) else None)
         return super().process()
 
 
 class _Site(server.Site):
-    requestFactory = _Request
-
     def __init__(self, service: "HTTPService", root) -> None:
         super().__init__(root, requestFactory=_Request)
         self.service = service
         self.noisy = False
+        self.displayTracebacks = False
 
-    def log(self, request) -> None:  # called once per finished request
+    def buildProtocol(self, addr):
+        channel = super().buildProtocol(addr)
+        channel.site = self
+        return channel
+
+    def log(self, request) -> None:  # called once per completed request
         self.service.finished(request)
 
 
@@ -256,51 +286,49 @@ class HTTPService(Service):
         self._reactor = reactor
         self.registry = MachineRegistry()
         bus.subscribe(self.registry.observe)
-        self._policy_for = None
-        self._policy = None
+        self._policy_for = self._policy = None
         self.boot_script = BootScript(self)
         self.port = None
-        live.subscribe(lambda cfg: policy.load(cfg))  # a reload with a bad policy is refused
+        self.bound_port = None
+        self.asker = None
+
+    @property
+    def http_port(self) -> int:
+        """The port scripts name: the bound one (http.port 0 picks a free port)."""
+        return self.bound_port or self.live.current.http.port
 
     @property
     def policy(self) -> policy.Policy:
+        """The running config's policy (config.parse validated it; built once per config)."""
         cfg = self.live.current
         if self._policy_for is not cfg:
             self._policy = policy.load(cfg)
             self._policy_for = cfg
         return self._policy
 
-    def script_for(self, m: policy.Machine, local_ip: str):
-        """(script, decision); script is None when no group matches and there is no default."""
-        cfg = self.live.current
-        pol = self.policy
-        decision = pol.match(m)
-        if not decision.profile:
-            return None, decision
-        server_ip = cfg.dhcp.server_address or local_ip
-        vars = policy.variables(m, server_ip, cfg.http.port, decision.group)
-        return policy.render(pol, decision.profile, vars, decision.why), decision
-
     def firmware_files(self) -> dict[str, str]:
+        """URL name -> path of each configured boot file (relative names under tftp.root)."""
         cfg = self.live.current
         out = {}
         for path in cfg.boot.firmware.values():
             full = path if path.startswith("/") else os.path.join(cfg.tftp.root, path)
-            out[os.path.basename(path)] = full
+            out.setdefault(os.path.basename(path), full)
         return out
 
     def startService(self) -> None:
         from twisted.internet import reactor as default_reactor
         from twisted.internet.error import CannotListenError
+
         from proxydhcp.service import StartupError
         reactor = self._reactor or default_reactor
         cfg = self.live.current
         try:
-            self.policy  # noqa: B018  validate once at start
+            self.policy  # noqa: B018  (validated by config.parse already; cheap to be sure)
         except ConfigError as exc:
             raise StartupError(str(exc)) from None
         if cfg.http.root and not os.access(cfg.http.root, os.R_OK | os.X_OK):
             raise StartupError(f"http.root {cfg.http.root} is not a readable directory: fix the path or permissions")
+        self.asker = external.Asker(reactor)
         site = _Site(self, Root(self))
         try:
             self.port = reactor.listenTCP(cfg.http.port, site)
@@ -314,28 +342,26 @@ class HTTPService(Service):
     def stopService(self):
         Service.stopService(self)
         if self.port is not None:
-            return self.port.stopListening()
+            port, self.port = self.port, None
+            return port.stopListening()
 
-    def finished(self, request) -> None:
-        cfg = self.live.current
-        kind = kind_of(request.path, cfg.boot.script_path.encode())
-        code = str(request.code)
-        duration = time.time() - request.started if hasattr(request, "started") else 0.0
+    def finished(self, request, aborted: bool = False) -> None:
+        if getattr(request, "proxydhcp_done", False):
+            return
+        request.proxydhcp_done = True
+        kind = getattr(request, "proxydhcp_kind", "other")
+        code = "aborted" if aborted else str(request.code) if request.code in _CODES else "other"
+        duration = time.monotonic() - request.started if request.started else 0.0
         metrics.HTTP_REQUESTS.labels(kind, code).inc()
         metrics.HTTP_TRANSFER_DURATION.labels(kind).observe(duration)
-        if kind in ("metrics", "health", "api"):
+        if kind in ("metrics", "health"):
             return
-        mac = getattr(request, "proxydhcp_mac", None)
         peer = request.getClientAddress().host
-        if mac is None:
-            mac = self._mac_for_ip(peer)
-        self.bus.emit(HTTP_FETCH, mac=mac, client_ip=peer, path=request.path.decode("latin-1"), fetch=kind,
-                      code=request.code, bytes=request.sentLength, duration=duration,
+        mac = getattr(request, "proxydhcp_mac", None) or self.registry.mac_for_ip(peer)
+        fields = dict(mac=mac, client_ip=peer, path=request.path.decode("latin-1")[:512], fetch=kind,
+                      code=request.code, bytes=request.sentLength, duration=round(duration, 6),
                       profile=getattr(request, "proxydhcp_profile", None),
                       group=getattr(request, "proxydhcp_group", None))
-
-    def _mac_for_ip(self, ip: str):
-        for mac, e in reversed(self.registry.by_mac.items()):
-            if e.get("client_ip") == ip:
-                return mac
-        return None
+        if aborted:
+            fields["aborted"] = True
+        self.bus.emit(HTTP_FETCH, **fields)
