@@ -201,14 +201,25 @@ class ContentCache:
                 opened = os.readlink(f"/proc/self/fd/{fd}")
                 if not _inside(opened, os.path.realpath(root)):
                     raise _denied("access violation: the path leads outside the TFTP root")
-            chunks = []
-            while True:
-                chunk = os.read(fd, 1 << 20)
-                if not chunk:
-                    break
-                chunks.append(chunk)
+            data = os.read(fd, st.st_size)          # one allocation, no join copy
+            if len(data) == st.st_size:
+                more = os.read(fd, 1 << 16)          # grew while we read: take the rest too
+                if more:
+                    chunks = [data, more]
+                    while more:
+                        more = os.read(fd, 1 << 20)
+                        chunks.append(more)
+                    data = b"".join(chunks)
+            else:
+                chunks = [data]
+                while True:
+                    chunk = os.read(fd, 1 << 20)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                data = b"".join(chunks)
             self.reads += 1
-            return Content(resolved.path, _key(st), b"".join(chunks), {})
+            return Content(resolved.path, _key(st), data, {})
         except OSError as exc:
             raise _denied(f"access violation: {exc.strerror}") from None
         finally:

@@ -23,6 +23,7 @@ import errno
 import fcntl
 import logging
 import os
+import select
 import socket
 import struct
 import time
@@ -105,8 +106,7 @@ class _Listener:
 class _Session:
     """One transfer's socket (its TID) and its state machine."""
 
-    __slots__ = ("service", "sock", "peer", "transfer", "client", "file", "label", "key", "ended",
-                 "fd")
+    __slots__ = ("service", "sock", "peer", "transfer", "client", "file", "label", "key", "ended", "fd")
 
     def __init__(self, service, sock, peer, transfer, file, label, key) -> None:
         self.service, self.sock, self.peer, self.transfer = service, sock, peer, transfer
@@ -114,12 +114,6 @@ class _Session:
         self.file, self.label, self.key = file, label, key
         self.ended = False
         self.fd = sock.fileno()
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def logPrefix(self) -> str:
-        return "tftp-transfer"
 
     def send(self, datagrams) -> None:
         sendto, peer = self.sock.sendto, self.peer
@@ -133,7 +127,8 @@ class _Session:
         except OSError as exc:
             self.service._end(self, ABORTED, f"send failed: {exc.strerror}")
 
-    def doRead(self) -> None:
+    def handle(self, now: float) -> None:
+        """One datagram is waiting on this transfer's socket."""
         try:
             data, addr = self.sock.recvfrom(4096)
         except BlockingIOError:
@@ -148,9 +143,17 @@ class _Session:
             self._stray(addr)
             return
         transfer = self.transfer
-        out = transfer.receive(data, time.monotonic())
+        out = transfer.receive(data, now)
         if out:
-            self.send(out)
+            if len(out) == 1:
+                try:
+                    self.sock.sendto(out[0], addr)
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    self.send(out)      # the slow path sorts out which error
+            else:
+                self.send(out)
         if transfer.done and not self.ended:
             self.service._end(self)
 
@@ -175,13 +178,53 @@ class _Session:
         if self.peer in offenders or not offenders:
             self.service._end(self, CLIENT_GONE, "ICMP port unreachable from the client")
 
+
+
+class _Transfers:
+    """Every transfer socket in one epoll set, watched by the reactor as one descriptor:
+    a wake-up serves all the transfers that have a datagram waiting, without the
+    reactor's per-descriptor dispatch (most of the per-packet cost in a storm)."""
+
+    def __init__(self, service: "TFTPService") -> None:
+        self.service = service
+        self.epoll = select.epoll()
+
+    def fileno(self) -> int:
+        return self.epoll.fileno()
+
+    def logPrefix(self) -> str:
+        return "tftp-transfers"
+
+    def add(self, session: _Session) -> None:
+        self.epoll.register(session.fd, select.EPOLLIN)
+
+    def remove(self, session: _Session) -> None:
+        try:
+            self.epoll.unregister(session.fd)
+        except (OSError, ValueError):
+            pass
+
+    def doRead(self) -> None:
+        sessions = self.service.sessions
+        for _ in range(8):
+            ready = self.epoll.poll(0, 512)
+            if not ready:
+                return
+            now = time.monotonic()
+            for fd, ev in ready:
+                session = sessions.get(fd)
+                if session is None:
+                    continue
+                if ev & select.EPOLLIN:
+                    session.handle(now)
+                elif ev & select.EPOLLERR:
+                    session._icmp_error()      # ICMP error queued (IP_RECVERR), no data
+
     def connectionLost(self, reason) -> None:
-        # The reactor saw EPOLLERR without input: an ICMP error is queued.
-        if self.ended:
-            return
-        self._icmp_error()
-        if not self.ended:
-            self.service.reactor.addReader(self)
+        pass
+
+    def close(self) -> None:
+        self.epoll.close()
 
 
 class TFTPService(Service):
@@ -201,6 +244,7 @@ class TFTPService(Service):
         self._by_key: dict[tuple, _Session] = {}
         self._per_client: dict[str, int] = {}
         self._listener: _Listener | None = None
+        self._transfers: _Transfers | None = None
         self._sweep_call = None
         self._mtus: dict[int, tuple[int, float]] = {}
         self.deduplicated = 0
@@ -231,6 +275,8 @@ class TFTPService(Service):
         self.port = sock.getsockname()[1]
         self._listener = _Listener(self, sock)
         self.reactor.addReader(self._listener)
+        self._transfers = _Transfers(self)
+        self.reactor.addReader(self._transfers)
         Service.startService(self)
         log.info("TFTP listening on %s:%d, root %s", self.address, self.port, root)
 
@@ -246,6 +292,10 @@ class TFTPService(Service):
         if self._sweep_call is not None and self._sweep_call.active():
             self._sweep_call.cancel()
         self._sweep_call = None
+        if self._transfers is not None:
+            self.reactor.removeReader(self._transfers)
+            self._transfers.close()
+            self._transfers = None
 
     # -- requests ----------------------------------------------------------------------------
     def _on_request(self, data: bytes, addr, local: str | None, ifindex: int) -> None:
@@ -313,7 +363,7 @@ class TFTPService(Service):
         self._by_key[key] = session
         self._per_client[addr[0]] = self._per_client.get(addr[0], 0) + 1
         metrics.TFTP_ACTIVE.inc()
-        self.reactor.addReader(session)
+        self._transfers.add(session)
         session.send(transfer.start())
         if self._sweep_call is None:
             self._sweep_call = self.reactor.callLater(SWEEP_INTERVAL, self._sweep)
@@ -363,7 +413,8 @@ class TFTPService(Service):
         now = time.monotonic()
         if outcome is not None:
             t.abort(outcome, now, error or outcome)
-        self.reactor.removeReader(session)
+        if self._transfers is not None:
+            self._transfers.remove(session)
         session.sock.close()
         self.sessions.pop(session.fd, None)
         if self._by_key.get(session.key) is session:
