@@ -72,7 +72,7 @@ def _location(value, where: str) -> str:
         _fail(where, "a URL or a path under http.root, got an empty string")
     if "://" not in value and ".." in value.split("/"):
         _fail(where, f"{value!r}: a path under http.root may not contain '..'")
-    if " " in value:
+    if " " in _VAR.sub("", value):
         _fail(where, f"{value!r}: no spaces in a URL (write %20)")
     return value
 

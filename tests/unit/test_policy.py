@@ -1,109 +1,163 @@
-"""Profiles render to iPXE scripts; groups pick the most specific match; bad policy is refused."""
+"""Profiles render to valid iPXE scripts; templates leave iPXE's ${...} alone; bad profiles are
+ConfigErrors naming the key."""
+
+import re
 
 import pytest
 
 from proxydhcp import config, policy
 from proxydhcp.config import ConfigError
+from proxydhcp.policy import profiles as P
 
 PROFILES = {
-    "debian": {"description": "Debian installer", "kernel": "debian/linux",
-               "initrd": ["debian/initrd.gz"], "cmdline": "auto=true url={{ http }}/preseed?mac={{ mac }} console=${console}"},
+    "debian": {"description": "Debian installer", "kernel": "debian/linux", "initrd": ["debian/initrd.gz"],
+               "cmdline": "auto=true url={{ http }}/preseed/{{ mac_hyphen }} console=${console}"},
+    "mirror": {"kernel": "http://deb.example/linux", "initrd": "http://deb.example/initrd.gz"},
     "foreman": {"chain": "https://foreman.example/unattended/iPXE?mac={{ mac }}"},
     "iso": {"sanboot": "isos/memtest.iso"},
+    "iso-url": {"sanboot": "http://mirror.example/fedora.iso"},
     "local": {"description": "Local disk", "exit": True},
     "hello": {"script": "#!ipxe\necho hello {{ mac }} in {{ group }} rack {{ rack }} ${net0/ip}\nreboot\n"},
-    "menu": {"description": "Pick one", "menu": {"items": ["debian", "local"], "default": "local", "timeout": 5}},
+    "menu": {"description": "Pick one", "menu": {"items": ["debian", {"profile": "local", "key": "l"},
+                                                          {"gap": "-- tools --"}, "tools"],
+                                                "default": "local", "timeout": 5}},
+    "tools": {"menu": {"title": "Tools", "items": ["iso", "menu"]}},
 }
+GROUPS = [{"name": "all", "profile": "menu", "metadata": {"rack": "r7"}}]
+MAC = "52:54:00:00:00:01"
 
 
-def pol(groups, profiles=PROFILES):
-    return policy.Policy(profiles, groups)
+def render(name, profiles=PROFILES, groups=GROUPS, **machine):
+    pol = policy.Policy(profiles, groups)
+    m = policy.Machine(mac=MAC, ip="10.0.0.9", **machine)
+    d = pol.match(m)
+    d.profile = name
+    return pol.script(d, pol.variables(m, "10.0.0.2", 8080, "/boot.ipxe", d))
 
 
-def script(p, mac="52:54:00:00:00:01", **kw):
-    m = policy.Machine(mac=mac, **kw)
-    d = p.match(m)
-    return policy.render(p, d.profile, policy.variables(m, "10.0.0.2", 8080, d.group), d.why), d
+def labels_and_gotos(script):
+    labels = set(re.findall(r"^:(\S+)$", script, re.M))
+    targets = set(re.findall(r"goto (\S+)", script)) | set(re.findall(r"--default (\S+)", script))
+    items = set(re.findall(r"^item (?:--key \S+ )?(proxydhcp-\S+)", script, re.M))
+    return labels, targets - {"${proxydhcp_target}"}, items
 
 
-def test_each_profile_kind_renders_a_valid_script():
-    p = pol([{"name": "all", "profile": "menu"}])
-    v = policy.variables(policy.Machine("52:54:00:00:00:01", ip="10.0.0.9"), "10.0.0.2", 8080, None)
-    out = {n: policy.render(p, n, v) for n in PROFILES}
-    for text in out.values():
-        assert text.startswith("#!ipxe\n")
-    assert "kernel http://10.0.0.2:8080/debian/linux auto=true url=http://10.0.0.2:8080/preseed?mac=52:54:00:00:00:01 console=${console}" in out["debian"]
-    assert "initrd http://10.0.0.2:8080/debian/initrd.gz\nboot" in out["debian"]
-    assert "chain https://foreman.example/unattended/iPXE?mac=52:54:00:00:00:01" in out["foreman"]
-    assert "sanboot --no-describe http://10.0.0.2:8080/isos/memtest.iso" in out["iso"]
-    assert out["local"].rstrip().endswith("exit 0")
-    assert "echo hello 52:54:00:00:00:01" in out["hello"] and "${net0/ip}" in out["hello"]
-    assert "choose --default local --timeout 5000 target" in out["menu"]
-    assert ":debian\nkernel " in out["menu"] and ":local\nexit 0" in out["menu"]
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_every_profile_kind_renders_a_script_whose_gotos_all_land(name):
+    text = render(name)
+    assert text.startswith("#!ipxe\n")
+    assert "{{" not in text
+    labels, targets, items = labels_and_gotos(text)
+    assert targets <= labels and items <= labels, (targets - labels, items - labels)
+    assert text.count("#!ipxe") == 1
 
 
-def test_ipxe_syntax_is_untouched_and_unknown_template_names_stay_visible():
-    assert policy.expand("${mac} {{ mac }} {{ nope }}", {"mac": "M"}) == "${mac} M {{ nope }}"
+def test_kernel_profile():
+    text = render("debian")
+    assert ("kernel http://10.0.0.2:8080/debian/linux auto=true url=http://10.0.0.2:8080/preseed/52-54-00-00-00-01 "
+            "console=${console} || goto proxydhcp-failed") in text
+    assert "initrd http://10.0.0.2:8080/debian/initrd.gz || goto proxydhcp-failed\nboot || goto proxydhcp-failed" in text
+    assert "initrd http://deb.example/initrd.gz" in render("mirror")
 
 
-GROUPS = [
-    {"name": "default", "profile": "local"},
-    {"name": "uefi", "profile": "menu", "selectors": {"arch": ["x64-uefi"]}},
-    {"name": "rack1", "profile": "hello", "selectors": {"mac": "52:54:00:01:*"}, "metadata": {"rack": "r1"}},
-    {"name": "rack1-uefi", "profile": "foreman", "selectors": {"mac": "52:54:00:01:*", "arch": 7}},
-    {"name": "lab", "profile": "debian", "selectors": {"subnet": "10.9.0.0/24", "interface": "eth1"}},
-    {"name": "ipxe-users", "profile": "iso", "selectors": {"user_class": "iPXE", "firmware": "ipxe"}},
-]
+def test_chain_sanboot_exit_script():
+    assert "chain https://foreman.example/unattended/iPXE?mac=52:54:00:00:00:01 || goto proxydhcp-failed" in render("foreman")
+    assert "sanboot --no-describe http://10.0.0.2:8080/isos/memtest.iso ||" in render("iso")
+    assert "sanboot --no-describe http://mirror.example/fedora.iso ||" in render("iso-url")
+    local = render("local")
+    assert local.split(":proxydhcp-failed")[0].rstrip().endswith("exit")
+    hello = render("hello")
+    assert "echo hello 52:54:00:00:00:01 in all rack r7 ${net0/ip}\nreboot\nexit" in hello
 
 
-@pytest.mark.parametrize("machine,group", [
-    (dict(mac="aa:00:00:00:00:01"), "default"),
-    (dict(mac="aa:00:00:00:00:01", arch=7), "uefi"),
-    (dict(mac="52:54:00:01:00:05", arch=0), "rack1"),
-    (dict(mac="52:54:00:01:00:05", arch=7), "rack1-uefi"),           # 2 selectors beat 1
-    (dict(mac="aa:00:00:00:00:01", ip="10.9.0.7", interface="eth1"), "lab"),
-    (dict(mac="aa:00:00:00:00:01", ip="10.9.0.7", interface="eth2"), "default"),
-    (dict(mac="aa:00:00:00:00:01", user_classes=("iPXE",), firmware="ipxe"), "ipxe-users"),
-])
-def test_most_specific_group_wins(machine, group):
-    p = pol(GROUPS)
-    d = p.match(policy.Machine(**machine))
-    assert d.group.name == group and d.why
+def test_menu_is_one_script_with_a_section_per_reachable_profile():
+    text = render("menu")
+    assert "goto proxydhcp-menu\n:proxydhcp-menu\nmenu Pick one\n" in text
+    assert "item proxydhcp-debian Debian installer" in text
+    assert "item --key l proxydhcp-local Local disk" in text
+    assert "item --gap -- -- tools --" in text
+    assert "choose --default proxydhcp-local --timeout 5000 proxydhcp_target || exit 1\ngoto ${proxydhcp_target}" in text
+    # tools -> menu is a cycle: each section exactly once, so "back" works
+    for name in ("menu", "debian", "local", "tools", "iso"):
+        assert text.count(f":proxydhcp-{name}\n") == 1
+    assert ":proxydhcp-foreman" not in text  # not reachable from this menu
 
 
-def test_group_metadata_reaches_the_template():
-    text, d = script(pol(GROUPS), mac="52:54:00:01:00:05", arch=0)
-    assert "in rack1 rack r1" in text
+def test_ipxe_syntax_is_untouched():
+    assert P.expand("${mac} {{ mac }} {{mac}} ${ {{ ip }} }", {"mac": "M", "ip": "I"}) == "${mac} M M ${ I }"
 
 
-def test_no_default_group_means_no_script():
-    d = pol(GROUPS[1:]).match(policy.Machine("aa:00:00:00:00:01"))
-    assert d.profile == "" and "no default group" in d.why[0]
+def test_values_in_urls_are_encoded_but_not_in_cmdlines():
+    profiles = {"k": {"kernel": "http://x/{{ os }}/linux", "cmdline": "title={{ os }}"}}
+    text = render("k", profiles, [{"profile": "k", "metadata": {"os": "my os"}}])
+    assert "kernel http://x/my%20os/linux title=my os" in text
 
 
-def test_builtin_menu_when_no_profiles():
-    text, d = script(policy.Policy({}, []), arch=7, uuid="6e65746c-6162-4000-8000-000000000002")
-    assert d.profile == "builtin-menu"
-    assert "MAC 52:54:00:00:00:01 UUID 6e65746c-6162-4000-8000-000000000002 arch x64-uefi" in text
-    for item in ("item local", "item shell", "item retry"):
-        assert item in text
+def test_builtin_menu_shows_identity_rule_and_choices():
+    pol = policy.Policy({}, [])
+    m = policy.Machine(MAC, ip="10.0.0.9", arch=7, uuid="6e65746c-6162-4000-8000-000000000002", firmware="ipxe")
+    d = pol.match(m)
+    assert d.profile == policy.BUILTIN and "no profiles" in d.why[0]
+    text = pol.script(d, pol.variables(m, "10.0.0.2", 8080, "/boot.ipxe", d))
+    assert text.startswith("#!ipxe\n")
+    assert "MAC 52:54:00:00:00:01  UUID 6e65746c-6162-4000-8000-000000000002  arch x64-uefi  IP 10.0.0.9" in text
+    assert "Rule: no profiles are configured" in text
+    for item in ("proxydhcp-local", "proxydhcp-shell", "proxydhcp-retry"):
+        assert f"{item} (" in text and f":{item}\n" in text
+    assert ("chain --replace http://10.0.0.2:8080/boot.ipxe?mac=52:54:00:00:00:01&arch=7"
+            "&uuid=6e65746c-6162-4000-8000-000000000002") in text
+    labels, targets, items = labels_and_gotos(text)
+    assert targets <= labels and items <= labels
+
+
+def test_the_default_config_serves_the_builtin_menu():
+    cfg = config.parse(None)
+    d = policy.load(cfg).match(policy.Machine(MAC))
+    assert d.profile == policy.BUILTIN
+
+
+def test_no_matching_group_gets_the_builtin_menu_saying_why():
+    pol = policy.Policy({"l": {"exit": True}}, [{"profile": "l", "selectors": {"arch": 7}}])
+    d = pol.match(policy.Machine(MAC, arch=0))
+    assert d.profile == policy.BUILTIN and "no default group" in d.why[0]
 
 
 @pytest.mark.parametrize("profiles,groups,error", [
-    (PROFILES, [{"profile": "local"}, {"profile": "hello"}], "same selectors"),
-    (PROFILES, [{"profile": "nope"}], "not defined"),
-    (PROFILES, [{"profile": "local", "selectors": {"colour": "red"}}], "unknown selector"),
-    (PROFILES, [{"profile": "local", "selectors": {"arch": "z80"}}], "not an arch"),
-    (PROFILES, [{"profile": "local", "selectors": {"subnet": "10.0.0.0/33"}}], "groups[0].selectors.subnet"),
-    ({"a": {"kernel": "k", "chain": "c"}}, [], "exactly one"),
+    ({"a": {"kernel": "k", "chain": "c"}}, [], "profiles.a: needs exactly one of"),
+    ({"a": {}}, [], "profiles.a: needs exactly one of"),
+    ({"a": {"exit": True, "cmdline": "x"}}, [], r"unknown key\(s\) cmdline"),
+    ({"a b": {"exit": True}}, [], "profile names are letters"),
+    ({"a": {"exit": "yes"}}, [], "exit: true"),
+    ({"a": {"kernel": "../etc/passwd"}}, [], "may not contain '..'"),
+    ({"a": {"chain": "http://x/a b"}}, [], "no spaces"),
+    ({"a": {"kernel": "k", "cmdline": "a\nb"}}, [], "one line"),
     ({"m": {"menu": {"items": ["x"]}}}, [], "not a profile"),
+    ({"m": {"menu": {"items": ["m"]}}}, [], "cannot list itself"),
+    ({"m": {"menu": {"items": []}}}, [], "menu.items"),
     ({"a": {"exit": True}, "m": {"menu": {"items": ["a"], "default": "b"}}}, [], "not one of the items"),
+    ({"a": {"exit": True}, "m": {"menu": {"items": ["a"], "timeout": -1}}}, [], "menu.timeout"),
+    ({"a": {"exit": True}, "m": {"menu": {"items": [{"profile": "a", "key": "ab"}]}}}, [], "one letter"),
+    ({"a": {"api": "http://x/"}, "m": {"menu": {"items": ["a"]}}}, [], "must be a local profile"),
+    ({"a": {"api": "ftp://x/"}}, [], "api.url"),
+    ({"a": {"api": {"url": "http://x/", "timeout": 0}}}, [], "api.timeout"),
+    ({"a": {"chain": "http://x/{{ nope }}"}}, [], r"unknown template variable\(s\) \{\{ nope \}\}"),
+    ({"builtin-menu": {"exit": True}}, [], "reserved"),
+    ({"a": {"exit": True}}, [{"profile": "a", "metadata": {"mac": "x"}}], "built-in template variable"),
+    ({"a": {"exit": True}}, [{"profile": "a", "metadata": {"x": "a\nb"}}], "one line"),
 ])
-def test_bad_policy_is_a_config_error(profiles, groups, error):
-    with pytest.raises(ConfigError, match=error.replace("[", r"\[").replace("]", r"\]")):
+def test_bad_profiles_are_config_errors(profiles, groups, error):
+    with pytest.raises(ConfigError, match=error):
         policy.Policy(profiles, groups)
+
+
+def test_metadata_defines_template_variables_and_may_set_hostname():
+    profiles = {"k": {"kernel": "k", "cmdline": "hostname={{ hostname }} rack={{ rack }}"}}
+    text = render("k", profiles, [{"profile": "k", "metadata": {"rack": 3, "hostname": "web1"}}])
+    assert "hostname=web1 rack=3" in text
 
 
 def test_config_parse_validates_policy():
     with pytest.raises(ConfigError, match="not defined"):
         config.parse("groups: [{profile: missing}]")
+    with pytest.raises(ConfigError, match="equally specific"):
+        config.parse("profiles: {a: {exit: true}}\ngroups: [{profile: a}, {profile: a, name: b}]")
