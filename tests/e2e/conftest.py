@@ -15,7 +15,7 @@ def pytest_terminal_summary(terminalreporter):
     lines = []
     for label, kind, seconds, ok in BOOT_TIMES:
         took = f"{seconds:6.1f} s" if seconds is not None else "  no boot"
-        lines.append(f"{label:<34} {kind:<5} {took}  {'booted' if ok else 'FAILED'}")
+        lines.append(f"{label:<34} {kind:<13} {took}  {'booted' if ok else 'FAILED'}")
     for line in lines:
         tr.write_line(line)
     path = os.environ.get("PROXYDHCP_E2E_TIMES")

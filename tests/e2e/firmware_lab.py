@@ -289,13 +289,15 @@ class FirmwareLab:
                 "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no"]
         if uuid:
             argv += ["-uuid", uuid]
-        if kind == "uefi":
+        if kind in ("uefi", "uefi-ipxe-rom"):
+            # uefi: empty romfile, EDK2's own PXE client; uefi-ipxe-rom: QEMU's iPXE EFI ROM
             vars_copy = os.path.join(self.workdir, f"OVMF_VARS-{fname}.fd")
             shutil.copyfile(OVMF_VARS, vars_copy)
+            romfile = ",romfile=" if kind == "uefi" else ""
             argv += ["-m", "256",
                      "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
                      "-drive", f"if=pflash,format=raw,file={vars_copy}",
-                     "-device", f"virtio-net-pci,netdev=n0,mac={mac},romfile="]
+                     "-device", f"virtio-net-pci,netdev=n0,mac={mac}{romfile}"]
         elif kind == "bios":
             argv += ["-m", "128", "-boot", "n", "-device", f"virtio-net-pci,netdev=n0,mac={mac}"]
         else:

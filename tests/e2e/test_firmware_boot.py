@@ -23,6 +23,7 @@ pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 
 UEFI_MAC = "52:54:00:e2:00:01"
 BIOS_MAC = "52:54:00:e2:00:02"
+IPXE_EFI_MAC = "52:54:00:e2:00:03"
 UEFI_UUID = "6e65746c-6162-4000-8000-0000000000e1"
 
 
@@ -72,7 +73,16 @@ def test_bios_vm_ipxe_rom_http_script(segment, record_property):
     first = next(p for p in cap.for_mac(BIOS_MAC) if p.op == 1)
     assert first.is_ipxe and first.arch == 0, "the BIOS client is QEMU's iPXE ROM from its first DISCOVER"
     # no TFTP for it: the iPXE ROM goes straight to the HTTP script
-    assert not [t for t in cap.tftp if t.client == boot.ip]
+    assert not [t for t in cap.tftp if t.client == boot.ip and t.time >= boot.started]
+
+
+def test_uefi_vm_with_qemus_ipxe_efi_rom(segment, record_property):
+    """QEMU's default NIC ROM under OVMF: iPXE from the first DISCOVER, arch 7, no TFTP."""
+    boot, cap = _boot_and_check(segment, record_property, "uefi-ipxe-rom", IPXE_EFI_MAC, "segment/uefi-ipxe-rom",
+                                uuid=UEFI_UUID)
+    first = next(p for p in cap.for_mac(IPXE_EFI_MAC) if p.op == 1)
+    assert first.is_ipxe and first.arch == 7
+    assert not [t for t in cap.tftp if t.client == boot.ip and t.time >= boot.started]
 
 
 def test_uefi_vm_behind_dhcrelay_on_another_subnet(tmp_path_factory, record_property):
