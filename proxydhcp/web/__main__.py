@@ -1,13 +1,14 @@
 """Run only the HTTP service (no DHCP, no TFTP): `python -m proxydhcp.web CONFIG [--host ADDR]`.
 
 For serving scripts and files from a host that is not the ProxyDHCP, and for tests. Prints
-the bound port on its first line (http.port 0 picks a free one), reloads on SIGHUP and when
-the file changes, stops on SIGTERM/SIGINT.
+the bound port on its first line (http.port 0 picks a free one), then with --events one JSON
+line per HTTP_FETCH event; reloads on SIGHUP and when the file changes; stops on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 
@@ -24,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m proxydhcp.web", description=__doc__.splitlines()[0])
     p.add_argument("config")
     p.add_argument("--watch-interval", type=float, default=2.0, help="seconds between config file checks")
+    p.add_argument("--events", action="store_true", help="print each HTTP fetch event as a JSON line")
     args = p.parse_args(argv)
     try:
         live = config.LiveConfig(config.load(args.config), args.config)
@@ -31,7 +33,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     logs.setup(live.current.log.level, live.current.log.format)
-    svc = HTTPService(live, EventBus())
+    bus = EventBus()
+    if args.events:
+        bus.subscribe(lambda e: print(json.dumps(e, default=str), flush=True))
+    svc = HTTPService(live, bus)
     try:
         svc.startService()
     except StartupError as exc:

@@ -24,7 +24,7 @@ from collections import OrderedDict
 
 from prometheus_client import exposition
 from twisted.application.service import Service
-from twisted.web import resource, server, static
+from twisted.web import pages, resource, server, static
 
 from proxydhcp import metrics, policy
 from proxydhcp.config import ConfigError, LiveConfig
@@ -177,16 +177,16 @@ class ConfinedFile(static.File):
     def getChild(self, path, request):
         _mark(request, "file")
         if b"\x00" in path or b"\\" in path or b"/" in path or path in (b"..", b"."):
-            return resource.ForbiddenResource("refused")
+            return pages.forbidden(message="refused")
         child = super().getChild(path, request)
         if isinstance(child, static.File):
             real = os.path.realpath(child.path)
             if real != self.confine_to and not real.startswith(self.confine_to + os.sep):
-                return resource.ForbiddenResource("outside the HTTP root")
+                return pages.forbidden(message="outside the HTTP root")
         return child
 
     def directoryListing(self):
-        return resource.ForbiddenResource("no directory listings")
+        return pages.forbidden(message="no directory listings")
 
     def createSimilarFile(self, path):
         f = ConfinedFile(path, self.confine_to, defaultType=self.defaultType)
@@ -205,14 +205,14 @@ class Firmware(resource.Resource):
         _mark(request, "firmware")
         path = self.service.firmware_files().get(name.decode("utf-8", "replace"))
         if path is None or request.postpath or not os.path.isfile(path):
-            return resource.NoResource("not a configured boot file")
+            return pages.notFound(message="not a configured boot file")
         f = static.File(path, defaultType="application/octet-stream")
         f.isLeaf = True
         return f
 
     def render_GET(self, request):
         _mark(request, "firmware")
-        return resource.NoResource("name a configured boot file").render(request)
+        return pages.notFound(message="name a configured boot file").render(request)
 
 
 class Metrics(resource.Resource):
@@ -220,7 +220,8 @@ class Metrics(resource.Resource):
 
     def render_GET(self, request):
         _mark(request, "metrics")
-        encoder, ctype = exposition.choose_encoder(request.getHeader(b"accept") or "")
+        accept = (request.getHeader(b"accept") or b"").decode("latin-1")
+        encoder, ctype = exposition.choose_encoder(accept)
         request.setHeader(b"content-type", ctype.encode())
         return encoder(metrics.REGISTRY)
 
@@ -244,7 +245,7 @@ class Root(resource.Resource):
         if root:
             return ConfinedFile(root).getChild(name, request)
         _mark(request, "other")
-        return resource.NoResource("no http.root is configured")
+        return pages.notFound(message="no http.root is configured")
 
     def render_GET(self, request):
         _mark(request, "other")

@@ -1,33 +1,64 @@
-"""The HTTP service over real HTTP on loopback: per-MAC scripts, Range, traversal refused,
-firmware, metrics, and a reload with a broken file that keeps the old config."""
+"""The HTTP service over real HTTP on loopback (`python -m proxydhcp.web`, no root needed):
+per-MAC scripts for an iPXE-like client, Range byte-compares, traversal refused, firmware,
+metrics, fetch events, and reloads (SIGHUP and file change) that keep the old config when
+the new one is broken."""
 
+import json
 import os
+import queue
+import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from tests.netlab import wait_for
-
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 CONFIG = """
-state: {{dir: {state}}}
 http: {{port: 0, root: {root}}}
 tftp: {{root: {tftp}}}
 boot: {{firmware: {{bios: undionly.kpxe, x64-uefi: ipxe.efi}}}}
 profiles:
-  local: {{exit: true}}
-  hello: {{script: "echo hello {{{{ mac }}}} ${{net0/ip}}"}}
-  debian: {{kernel: debian/linux, initrd: debian/initrd.gz, cmdline: "auto=true"}}
+  local: {{description: Local disk, exit: true}}
+  hello: {{script: "echo hello {{{{ mac }}}} rack {{{{ rack }}}} ${{net0/ip}}"}}
+  debian: {{description: Debian, kernel: debian/linux, initrd: debian/initrd.gz, cmdline: "auto=true"}}
+  iso: {{sanboot: debian/big.iso}}
+  menu: {{menu: {{items: [debian, iso, local], default: local, timeout: 3}}}}
 groups:
   - {{name: default, profile: local}}
-  - {{name: lab, profile: hello, selectors: {{mac: "52:54:00:aa:*"}}}}
-  - {{name: installers, profile: debian, selectors: {{arch: 7}}}}
+  - {{name: lab, profile: hello, selectors: {{mac: "52:54:00:aa:*"}}, metadata: {{rack: r2}}}}
+  - {{name: installers, profile: debian, selectors: {{arch: 7, mac: "52:54:00:bb:*"}}}}
+  - {{name: menu, profile: menu, selectors: {{mac: "52:54:00:cc:00:01"}}}}
 """
+
+
+class Server:
+    def __init__(self, proc, cfg, big):
+        self.proc, self.cfg, self.big = proc, cfg, big
+        self.lines = queue.Queue()
+        self.port = int(proc.stdout.readline())
+        self.base = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.put(json.loads(line))
+
+    def events(self, timeout=2.0, until=None):
+        out, deadline = [], time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                out.append(self.lines.get(timeout=0.05))
+            except queue.Empty:
+                if until is None or until(out):
+                    if until is not None:
+                        break
+        return out
 
 
 @pytest.fixture(scope="module")
@@ -39,55 +70,70 @@ def server(tmp_path_factory):
     (root / "debian" / "big.iso").write_bytes(big)
     (tmp / "secret.txt").write_text("secret")
     os.symlink(tmp / "secret.txt", root / "escape")
+    os.symlink(root / "debian" / "big.iso", root / "inside-link.iso")
+    os.symlink(tmp, root / "debian" / "up")
     tftp = tmp / "tftp"
     tftp.mkdir()
     (tmp / "real.efi").write_bytes(b"EFI" * 1000)
-    os.symlink(tmp / "real.efi", tftp / "ipxe.efi")          # like Debian's /usr/lib/ipxe/ipxe.efi
+    os.symlink(tmp / "real.efi", tftp / "ipxe.efi")          # like Debian's /usr/lib/ipxe/ipxe.efi -> /boot/ipxe.efi
     (tftp / "undionly.kpxe").write_bytes(b"KPXE" * 100)
+    (tftp / "other.efi").write_bytes(b"not configured")
     cfg = tmp / "proxydhcp.yaml"
-    state = tmp / "state"
-    from proxydhcp.events.sessions import Tracker
-    from proxydhcp.events.store import EventStore
-    store = EventStore(str(state))
-    store.open()
-    store.start()
-    tracker = Tracker("boot_script", 120, 3, 3600)
-    for i, (kind, fields) in enumerate([
-            ("dhcp.reply", dict(port="67", message="offer", request="discover", firmware="ipxe", arch=7,
-                                boot_file="http://x/boot.ipxe")),
-            ("http.fetch", dict(path="/boot.ipxe", fetch="script", code=200, bytes=100, client_ip="10.0.0.9"))]):
-        tracker.feed({"kind": kind, "time": 1000.0 + i, "mac": "52:54:00:aa:00:09", **fields})
-    for sess in tracker.by_mac.values():
-        store.save_session(sess.as_dict())
-    store.flush()
-    store.stop()
-    cfg.write_text(CONFIG.format(root=root, tftp=tftp, state=state))
-    proc = subprocess.Popen([sys.executable, "-m", "tests.http_harness", str(cfg)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    port = int(proc.stdout.readline())
-    proc.base = f"http://127.0.0.1:{port}"
-    proc.cfg, proc.big = cfg, big
-    yield proc
+    cfg.write_text(CONFIG.format(root=root, tftp=tftp))
+    proc = subprocess.Popen([sys.executable, "-m", "proxydhcp.web", str(cfg), "--events", "--watch-interval", "0.2"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    s = Server(proc, cfg, big)
+    yield s
     proc.terminate()
     proc.wait(5)
 
 
-def get(server, path, headers=None):
-    req = urllib.request.Request(server.base + path, headers=headers or {})
+def get(server, path, headers=None, method="GET"):
+    req = urllib.request.Request(server.base + path, headers=headers or {}, method=method)
     try:
-        with urllib.request.urlopen(req, timeout=5) as r:
+        with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, r.read(), dict(r.headers)
     except urllib.error.HTTPError as e:
         return e.code, e.read(), dict(e.headers)
 
 
+def ipxe_fetch(server, mac, arch=None, uuid=None):
+    """What iPXE does with the URL the ProxyDHCP hands it."""
+    q = f"mac={mac}" + (f"&arch={arch}" if arch is not None else "") + (f"&uuid={uuid}" if uuid else "")
+    code, body, headers = get(server, f"/boot.ipxe?{q}")
+    text = body.decode()
+    assert text.startswith("#!ipxe\n"), text
+    return code, text
+
+
 def test_different_macs_get_different_scripts(server):
-    code, a, _ = get(server, "/boot.ipxe?mac=52:54:00:aa:00:01&arch=0")
-    assert code == 200 and a.startswith(b"#!ipxe\n") and b"echo hello 52:54:00:aa:00:01 ${net0/ip}" in a
-    code, b, _ = get(server, "/boot.ipxe?mac=52:54:00:bb:00:01&arch=7")
-    assert code == 200 and b"kernel http://127.0.0.1:" in b and b"/debian/linux auto=true" in b
-    code, c, _ = get(server, "/boot.ipxe?mac=52:54:00:bb:00:01&arch=0")
-    assert code == 200 and b"exit 0" in c
+    code, a = ipxe_fetch(server, "52:54:00:aa:00:01", 0)
+    assert code == 200 and "echo hello 52:54:00:aa:00:01 rack r2 ${net0/ip}" in a
+    code, b = ipxe_fetch(server, "52:54:00:bb:00:01", 7, "6e65746c-6162-4000-8000-000000000001")
+    assert code == 200 and f"kernel http://127.0.0.1:{server.port}/debian/linux auto=true" in b
+    code, c = ipxe_fetch(server, "52:54:00:bb:00:01", 0)
+    assert code == 200 and "# proxydhcp: profile local" in c and "\nexit\n" in c
+    code, d = ipxe_fetch(server, "52:54:00:cc:00:01")
+    assert "choose --default proxydhcp-local --timeout 3000" in d
+    # the URLs the script names are served
+    url = re.search(r"sanboot --no-describe (\S+)", d).group(1)
+    assert url == f"{server.base}/debian/big.iso"
+    assert len({a, b, c, d}) == 4
+
+
+def test_fetches_emit_events(server):
+    server.events(timeout=0.3)  # drain
+    ipxe_fetch(server, "52:54:00:aa:00:07", 0)
+    get(server, "/debian/big.iso", {"Range": "bytes=0-9"})
+    get(server, "/healthz")
+    evs = server.events(timeout=3, until=lambda out: len(out) >= 2)
+    script, download = evs[0], evs[1]
+    assert script["kind"] == "http.fetch" and script["fetch"] == "script" and script["mac"] == "52:54:00:aa:00:07"
+    assert script["code"] == 200 and script["profile"] == "hello" and script["group"] == "lab"
+    assert script["client_ip"] == "127.0.0.1" and script["bytes"] > 0 and script["duration"] >= 0
+    assert download["fetch"] == "file" and download["code"] == 206 and download["bytes"] == 10
+    assert download["path"] == "/debian/big.iso"
+    assert all(e["fetch"] != "health" for e in evs)
 
 
 def test_bad_mac_is_a_clear_400(server):
@@ -95,70 +141,116 @@ def test_bad_mac_is_a_clear_400(server):
     assert code == 400 and b"needs ?mac=" in body
 
 
+def test_injected_query_values_do_not_reach_the_script(server):
+    code, body, _ = get(server, "/boot.ipxe?mac=52:54:00:99:00:01&uuid=x%0Ashell&arch=7%0Ashell")
+    assert code == 200 and b"\nshell\n" not in body.split(b":proxydhcp-failed")[0]
+
+
 @pytest.mark.parametrize("rng,start,end", [("bytes=0-99", 0, 99), ("bytes=1048576-2097151", 1048576, 2097151),
-                                           ("bytes=-500", None, None)])
+                                           ("bytes=5242000-", 5242000, None), ("bytes=-500", -500, None)])
 def test_range_requests_return_the_right_bytes(server, rng, start, end):
     code, body, headers = get(server, "/debian/big.iso", {"Range": rng})
     assert code == 206
-    if start is None:
-        assert body == server.big[-500:]
-    else:
-        assert body == server.big[start:end + 1]
+    expect = server.big[start:] if end is None else server.big[start:end + 1]
+    assert body == expect
+    assert headers["Content-Range"].endswith(f"/{len(server.big)}")
 
 
-def test_whole_file_byte_compare(server):
-    code, body, _ = get(server, "/debian/big.iso")
-    assert code == 200 and body == server.big
+def test_whole_file_head_and_links_inside_the_root(server):
+    code, body, headers = get(server, "/debian/big.iso")
+    assert code == 200 and body == server.big and headers["Accept-Ranges"] == "bytes"
+    code, body, headers = get(server, "/debian/big.iso", method="HEAD")
+    assert code == 200 and body == b"" and int(headers["Content-Length"]) == len(server.big)
+    assert get(server, "/inside-link.iso", {"Range": "bytes=7-8"})[1] == server.big[7:9]
 
 
 @pytest.mark.parametrize("path", ["/../secret.txt", "/debian/../../secret.txt", "/%2e%2e/secret.txt",
-                                  "/debian/%2e%2e%2f%2e%2e%2fsecret.txt", "/escape", "/debian%5c..%5c..%5csecret.txt"])
-def test_traversal_is_refused(server, path):
+                                  "/debian/%2e%2e%2f%2e%2e%2fsecret.txt", "/escape", "/debian/up/secret.txt",
+                                  "/debian%5c..%5c..%5csecret.txt", "/debian/%00", "/%2fetc%2fpasswd",
+                                  "//etc/passwd", "/debian/", "/"])
+def test_traversal_and_listings_are_refused(server, path):
     code, body, _ = get(server, path)
-    assert code in (400, 403, 404) and b"secret" not in body
+    assert code in (400, 403, 404) or body == b"proxydhcp\n"
+    assert b"secret" not in body and b"root:" not in body and b"big.iso" not in body
+
+
+def test_traversal_with_a_raw_socket(server):
+    import socket
+    for raw in (b"GET /../../secret.txt HTTP/1.0\r\n\r\n", b"GET /debian/../../secret.txt HTTP/1.0\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+            s.sendall(raw)
+            reply = b""
+            while chunk := s.recv(65536):
+                reply += chunk
+        assert reply.split(b" ")[1] in (b"400", b"403", b"404") and b"secret" not in reply.split(b"\r\n\r\n", 1)[1]
 
 
 def test_firmware_serves_configured_boot_files_through_links_only(server):
     code, body, _ = get(server, "/firmware/ipxe.efi")
     assert code == 200 and body == b"EFI" * 1000
-    assert get(server, "/firmware/secret.txt")[0] == 404
-    assert get(server, "/firmware/..%2fsecret.txt")[0] == 404
+    code, body, _ = get(server, "/firmware/ipxe.efi", {"Range": "bytes=3-5"})
+    assert code == 206 and body == b"EFI"
+    assert get(server, "/firmware/undionly.kpxe")[1] == b"KPXE" * 100
+    for path in ("/firmware/other.efi", "/firmware/secret.txt", "/firmware/..%2fsecret.txt", "/firmware/",
+                 "/firmware/ipxe.efi/x", "/firmware"):
+        assert get(server, path)[0] == 404, path
 
 
 def test_metrics_and_health(server):
-    get(server, "/boot.ipxe?mac=52:54:00:aa:00:02")
+    ipxe_fetch(server, "52:54:00:aa:00:02")
     code, body, headers = get(server, "/metrics")
     assert code == 200 and b'proxydhcp_http_requests_total{code="200",kind="script"}' in body
+    assert b'proxydhcp_http_transfer_duration_seconds_bucket{kind="file"' in body
+    code, body, headers = get(server, "/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert headers["Content-Type"].startswith("application/openmetrics-text") and body.rstrip().endswith(b"# EOF")
     assert get(server, "/healthz")[:2] == (200, b"ok\n")
+    assert get(server, "/metrics")[1].count(b'kind="health"') >= 1
 
 
-def test_reload_with_a_broken_file_keeps_the_old_config(server):
+def _metric(server, name):
+    m = re.search(rf"^{re.escape(name)} (\S+)$", get(server, "/metrics")[1].decode(), re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def _wait(pred, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_reload_on_sighup_with_a_broken_file_keeps_the_old_config(server):
     good = server.cfg.read_text()
-    server.cfg.write_text(good + "\ngroups: [{profile: missing}]\n")
+    failed = 'proxydhcp_config_reloads_total{result="failed"}'
+    before = _metric(server, failed)
     try:
-        server.send_signal(signal.SIGHUP)
-        line = server.stdout.readline()
-        assert line.startswith("RELOAD-FAILED") and "not defined" in line
-        code, body, _ = get(server, "/boot.ipxe?mac=52:54:00:aa:00:03")
-        assert code == 200 and b"echo hello" in body
-        code, body, _ = get(server, "/metrics")
-        assert b'proxydhcp_config_reloads_total{result="failed"} 1.0' in body
-        assert b"proxydhcp_config_last_reload_successful 0.0" in body
+        server.cfg.write_text(good + "\n  - {name: broken, profile: missing}\n")
+        server.proc.send_signal(signal.SIGHUP)
+        assert _wait(lambda: _metric(server, failed) >= before + 1)
+        assert _metric(server, "proxydhcp_config_last_reload_successful") == 0.0
+        assert "echo hello" in ipxe_fetch(server, "52:54:00:aa:00:03")[1]
     finally:
-        server.cfg.write_text(good.replace("hello {{ mac }}", "bonjour {{ mac }}"))
-    server.send_signal(signal.SIGHUP)
-    assert server.stdout.readline().startswith("RELOAD-OK")
-    assert b"echo bonjour" in get(server, "/boot.ipxe?mac=52:54:00:aa:00:03")[1]
+        server.cfg.write_text(good.replace("echo hello", "echo bonjour"))
+    server.proc.send_signal(signal.SIGHUP)
+    assert _wait(lambda: "echo bonjour" in ipxe_fetch(server, "52:54:00:aa:00:03")[1])
+    assert _metric(server, "proxydhcp_config_last_reload_successful") == 1.0
+    server.cfg.write_text(good)
+    assert _wait(lambda: "echo hello" in ipxe_fetch(server, "52:54:00:aa:00:03")[1])
 
 
-def test_api_sessions(server):
-    code, body, headers = get(server, "/api/sessions")
-    import json
-    rows = json.loads(body)
-    assert code == 200 and headers["Content-Type"] == "application/json"
-    assert [r["mac"] for r in rows] == ["52:54:00:aa:00:09"]
-    code, body, _ = get(server, "/api/sessions/52:54:00:aa:00:09")
-    one = json.loads(body)
-    assert code == 200 and one["mac"] == "52:54:00:aa:00:09" and "boot_script" in json.dumps(one)
-    assert get(server, "/api/sessions/52:54:00:ff:ff:ff")[0] == 404
-    assert get(server, "/api/sessions/bogus")[0] == 400
+def test_reload_on_file_change_and_a_tie_is_refused(server):
+    good = server.cfg.read_text()
+    failed = 'proxydhcp_config_reloads_total{result="failed"}'
+    before = _metric(server, failed)
+    try:
+        # a second default group: a tie, refused; the running config keeps serving
+        server.cfg.write_text(good + "  - {name: default2, profile: hello}\n")
+        assert _wait(lambda: _metric(server, failed) >= before + 1)
+        assert "# proxydhcp: profile local" in ipxe_fetch(server, "52:54:00:dd:00:01")[1]
+        server.cfg.write_text(good.replace("{name: default, profile: local}", "{name: default, profile: menu}"))
+        assert _wait(lambda: "# proxydhcp: profile menu" in ipxe_fetch(server, "52:54:00:dd:00:01")[1])
+    finally:
+        server.cfg.write_text(good)
+    assert _wait(lambda: "# proxydhcp: profile local" in ipxe_fetch(server, "52:54:00:dd:00:01")[1])
