@@ -161,3 +161,20 @@ def test_config_parse_validates_policy():
         config.parse("groups: [{profile: missing}]")
     with pytest.raises(ConfigError, match="equally specific"):
         config.parse("profiles: {a: {exit: true}}\ngroups: [{profile: a}, {profile: a, name: b}]")
+
+
+def test_example_configs_load_and_explain():
+    import glob
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    paths = glob.glob(os.path.join(root, "contrib", "examples", "*.yaml"))
+    assert len(paths) >= 3
+    for path in paths:
+        cfg = config.load(path)
+        pol = policy.load(cfg)
+        for arch in (0, 7, None):
+            m = policy.Machine(MAC, ip="10.9.0.5", arch=arch, firmware="ipxe")
+            d = pol.match(m)
+            target = d.fallback or d
+            text = pol.script(target, pol.variables(m, "10.0.0.2", 8080, "/boot.ipxe", target))
+            assert text.startswith("#!ipxe\n") and "{{" not in text
