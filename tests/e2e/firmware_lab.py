@@ -1,6 +1,6 @@
 """Real firmware booting through proxydhcp: the lab the e2e tests and `make demo` share.
 
-A segment in network namespaces (see ../../FIRMWARE-LAB notes in the repo history):
+A segment in network namespaces:
 
     <p>br   bridge br0 (and br1 for a relayed subnet), the VMs' tap devices, tcpdump
     <p>corp the corporate DHCP server: dnsmasq, plain leases, no PXE options; it also answers
@@ -136,8 +136,8 @@ class FirmwareLab:
 
     same_host: dnsmasq (the corporate server) runs in proxydhcp's namespace, both on UDP 67.
     relay: a second bridge br1 with subnet 10.78.0.0/24 behind ISC dhcrelay.
-    profiles_yaml: YAML text appended to proxydhcp's config (profiles/groups); None: the
-    marker script is served as the default profile.
+    config_yaml: YAML appended to proxydhcp's config (which otherwise sets only state.dir and
+    log.level over the built-in defaults), e.g. TEST_CONFIG or DEMO_CONFIG.
     """
 
     def __init__(self, workdir: str, *, same_host: bool = False, relay: bool = False,
@@ -168,8 +168,8 @@ class FirmwareLab:
                 fh.write(line + "\n")
 
     def spawn(self, ns: str, name: str, *argv: str, **kw) -> subprocess.Popen:
-        out = self._log_file(name + ".log")
-        proc = self.lab.spawn(ns, *argv, stdout=out, stderr=subprocess.STDOUT, **kw)
+        with self._log_file(name + ".log") as out:   # the child keeps its own copy
+            proc = self.lab.spawn(ns, *argv, stdout=out, stderr=subprocess.STDOUT, **kw)
         proc.log_path = out.name
         self._record(f"pid {proc.pid}")
         return proc
@@ -255,9 +255,9 @@ class FirmwareLab:
                 f"log: {{level: info}}\n")
         with open(self.proxy_cfg, "w") as fh:
             fh.write(base + (self.config_yaml or ""))
-        log = open(self.proxy_log, "wb")
-        self.proxy = self.lab.spawn(self.pxe_ns, PY, "-m", "proxydhcp", "serve", "-c", self.proxy_cfg,
-                                    stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        with open(self.proxy_log, "wb") as log:
+            self.proxy = self.lab.spawn(self.pxe_ns, PY, "-m", "proxydhcp", "serve", "-c", self.proxy_cfg,
+                                        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         self.proxy.log_path = self.proxy_log
         self._record(f"pid {self.proxy.pid}")
         # "running" comes once every service (DHCP, TFTP, HTTP) has started
@@ -329,13 +329,6 @@ class FirmwareLab:
         return b
 
     # -- reading what happened --------------------------------------------------------------
-    def stop_captures(self) -> None:
-        """Let tcpdump flush, then stop it (pcap files complete)."""
-        time.sleep(0.5)
-        for proc in self.lab.procs:
-            if proc.args[3:4] == ["tcpdump"] or "tcpdump" in proc.args:
-                self.lab.stop(proc)
-
     def capture(self) -> "Capture":
         time.sleep(0.3)  # tcpdump -U writes each packet; give the last ones a moment
         return Capture(self.captures)
