@@ -258,8 +258,8 @@ class _Request(server.Request):
 
     def process(self):
         self.started = time.monotonic()
-        self.notifyFinish().addErrback(lambda _: self.channel.site.service.finished(self, aborted=True)
-                                       if getattr(self.channel, "site", None) else None)
+        service = self.channel.site.service  # connectionLost clears self.channel before the errback
+        self.notifyFinish().addErrback(lambda _: service.finished(self, aborted=True))
         return super().process()
 
 
@@ -269,11 +269,6 @@ class _Site(server.Site):
         self.service = service
         self.noisy = False
         self.displayTracebacks = False
-
-    def buildProtocol(self, addr):
-        channel = super().buildProtocol(addr)
-        channel.site = self
-        return channel
 
     def log(self, request) -> None:  # called once per completed request
         self.service.finished(request)

@@ -254,3 +254,16 @@ def test_reload_on_file_change_and_a_tie_is_refused(server):
     finally:
         server.cfg.write_text(good)
     assert _wait(lambda: "# proxydhcp: profile local" in ipxe_fetch(server, "52:54:00:dd:00:01")[1])
+
+
+def test_an_interrupted_download_still_emits_an_event(server):
+    import socket
+    server.events(timeout=0.3)  # drain
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    s.sendall(b"GET /debian/big.iso HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.recv(65536)
+    s.close()
+    evs = server.events(timeout=5, until=lambda out: any(e.get("aborted") for e in out))
+    ev = next(e for e in evs if e.get("aborted"))
+    assert ev["fetch"] == "file" and ev["path"] == "/debian/big.iso" and 0 < ev["bytes"] < len(server.big)
+    assert b'proxydhcp_http_requests_total{code="aborted",kind="file"}' in get(server, "/metrics")[1]
