@@ -32,7 +32,7 @@ from proxydhcp.events import DHCP_REPLY, HTTP_FETCH, EventBus
 from proxydhcp.policy import external
 
 log = logging.getLogger("proxydhcp.http")
-KINDS = ("script", "file", "firmware", "metrics", "health", "other")
+KINDS = ("script", "file", "firmware", "metrics", "health", "api", "other")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
 _CODES = frozenset((200, 206, 301, 302, 304, 400, 403, 404, 405, 416, 500, 503))
 
@@ -233,6 +233,10 @@ class Root(resource.Resource):
         self.putChild(b"metrics", Metrics())
         self.putChild(b"healthz", _Text(b"ok\n", "health"))
         self.putChild(b"firmware", Firmware(service))
+        from proxydhcp.web.api import Sessions
+        api = resource.Resource()
+        api.putChild(b"sessions", Sessions(lambda: service.live.current.state.dir))
+        self.putChild(b"api", api)
 
     def getChildWithDefault(self, name, request):
         cfg = self.service.live.current
@@ -350,7 +354,7 @@ class HTTPService(Service):
         duration = time.monotonic() - request.started if request.started else 0.0
         metrics.HTTP_REQUESTS.labels(kind, code).inc()
         metrics.HTTP_TRANSFER_DURATION.labels(kind).observe(duration)
-        if kind in ("metrics", "health"):
+        if kind in ("metrics", "health", "api"):
             return
         peer = request.getClientAddress().host
         mac = getattr(request, "proxydhcp_mac", None) or self.registry.mac_for_ip(peer)
