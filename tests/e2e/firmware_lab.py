@@ -753,6 +753,8 @@ def demo(argv: list[str]) -> int:
     record = argv[argv.index("--record") + 1] if "--record" in argv else None
     workdir = tempfile.mkdtemp(prefix="proxydhcp-demo-")
     lab = FirmwareLab(workdir, config_yaml=DEMO_CONFIG, record=record)
+    if not keep:
+        lab._record(f"workdir {workdir}")
 
     def on_signal(signum, frame):
         raise KeyboardInterrupt
