@@ -53,6 +53,9 @@ class Client:
         return self.firmware is not None
 
 
+_UNSET_UUIDS = ("00000000-0000-0000-0000-000000000000", "ffffffff-ffff-ffff-ffff-ffffffffffff")
+
+
 def _text(value: bytes) -> str:
     return value.decode("latin-1")
 
@@ -111,6 +114,8 @@ def classify(pkt: Packet, ipxe_user_classes=("iPXE", "gPXE"), custom_user_class:
             uuid = pxe.decode_uuid(o[opt.CLIENT_UUID])
         except MalformedPacket as exc:
             problems.append(str(exc))
+        if uuid in _UNSET_UUIDS:
+            uuid = None  # firmware without an SMBIOS UUID sends all zeros (or all ones)
 
     ndi = None
     if opt.CLIENT_NDI in o:

@@ -233,3 +233,12 @@ def test_replay_ipxe_rom_captures(name, arch):
             assert r.boot_file.startswith(f"http://10.77.0.2:8080/boot.ipxe?mac={req.mac}&arch={arch}")
         else:
             assert isinstance(r, Silence)
+
+
+@pytest.mark.parametrize("raw", [b"\x00" * 17, b"\x00" + b"\xff" * 16])
+def test_unset_uuid_is_treated_as_absent_but_still_echoed(raw):
+    req = request("ipxe")
+    req.options[opt.CLIENT_UUID] = raw
+    r = answer(req)
+    assert r.client.uuid is None and b"uuid=" not in r.wire.file
+    assert r.wire.options[opt.CLIENT_UUID] == raw
