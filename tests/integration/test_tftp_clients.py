@@ -366,9 +366,11 @@ def test_startup_errors(tmp_path):
 
 
 def test_event_fields(server, tree):
+    match = dict(file="boot.efi", outcome="ok", blksize=1432)
+    before = len([e for e in server.events() if all(e.get(k) == v for k, v in match.items())])
     out = subprocess.run(["curl", "-sS", "--fail", "--tftp-blksize", "1432", "-o", "/dev/null",
                           f"tftp://{HOST}:{server.port}/boot.efi"], check=True, timeout=30)
-    ev = server.wait_events(1, file="boot.efi", outcome="ok")[-1]
+    ev = server.wait_events(before + 1, **match)[-1]  # this transfer's, not an earlier test's
     assert set(ev) >= {"kind", "time", "client", "client_ip", "file", "size", "blksize", "windowsize",
                        "duration", "retransmits", "outcome", "error"}
     assert ev["kind"] == "tftp.transfer" and ev["client_ip"] == HOST and ev["blksize"] == 1432
