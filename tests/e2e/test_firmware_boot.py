@@ -100,3 +100,33 @@ def test_dnsmasq_and_proxydhcp_in_one_namespace_both_on_port_67(tmp_path_factory
         assert lab.corp.poll() is None and lab.proxy.poll() is None
         _boot_and_check(lab, record_property, "uefi", UEFI_MAC, "same-host/uefi-edk2-pxe", uuid=UEFI_UUID)
         _boot_and_check(lab, record_property, "bios", BIOS_MAC, "same-host/bios-ipxe-rom")
+
+
+FAIL_MAC = "52:54:00:e2:00:0f"
+
+
+def test_session_of_a_good_boot_succeeds_and_a_missing_firmware_is_diagnosed(tmp_path_factory, segment):
+    """proxydhcp's own account: the UEFI boot above is a succeeded session; a UEFI boot whose
+    firmware file is missing is closed as failed, diagnosed firmware_transfer_failed."""
+    good = segment.sessions(UEFI_MAC)
+    assert "succeeded" in good and "boot_script" in good, good
+    import os
+    import shutil
+    tftp_root = str(tmp_path_factory.mktemp("tftp-root"))
+    shutil.copyfile("/usr/lib/ipxe/ipxe.efi", os.path.join(tftp_root, "ipxe.efi"))
+    config = fl.TEST_CONFIG + f"""
+tftp: {{root: {tftp_root}}}
+boot: {{firmware: {{x64-uefi: ipxe.efi}}}}
+events: {{stall_timeout: 8}}
+"""
+    missing = fl.missing_tools()
+    if missing:
+        pytest.fail(f"missing {', '.join(missing)}")
+    with fl.FirmwareLab(str(tmp_path_factory.mktemp("fw-missing")), config_yaml=config) as lab:
+        os.remove(os.path.join(tftp_root, "ipxe.efi"))   # gone after start-up, as when a disk is cleaned
+        boot = lab.boot("uefi", FAIL_MAC, label="missing-firmware/uefi (must fail)", uuid=UEFI_UUID, timeout=30)
+        assert not boot.ok, "the VM cannot boot without its firmware file"
+        text = fl.wait_for(lambda: (lambda s: s if "failed" in s else None)(lab.sessions(FAIL_MAC)), 40) \
+            or lab.sessions(FAIL_MAC)
+        assert "failed" in text and "firmware_transfer_failed" in text, text
+        assert "not_found" in text, text
