@@ -96,6 +96,8 @@ class EventsConfig:
     lease_window: float = 3600.0
     socket: typing.Optional[str] = None   # default: <state.dir>/hook.sock
     spool: typing.Optional[str] = None    # default: <state.dir>/spool
+    user_hooks: list = field(default_factory=list)   # [{name, on, command | url, timeout}]
+    user_hooks_max_concurrent: int = 4
 
 
 @dataclass
@@ -238,6 +240,52 @@ def _validate_events(e: "EventsConfig") -> None:
         raise ConfigError("events.retention_days, stall_timeout and lease_window must be positive")
     if e.loop_threshold < 2:
         raise ConfigError(f"events.loop_threshold: at least 2, got {e.loop_threshold}")
+    _validate_user_hooks(e)
+
+
+USER_HOOK_EVENTS = ("session_succeeded", "session_failed", "stage_reached", "lease")
+_USER_HOOK_KEYS = ("name", "on", "command", "url", "timeout")
+
+
+def _validate_user_hooks(e: "EventsConfig") -> None:
+    import os
+    import re
+    if e.user_hooks_max_concurrent < 1:
+        raise ConfigError(f"events.user_hooks_max_concurrent: at least 1, got {e.user_hooks_max_concurrent}")
+    seen = set()
+    for i, h in enumerate(e.user_hooks):
+        where = f"events.user_hooks[{i}]"
+        if not isinstance(h, dict):
+            raise ConfigError(f"{where}: expected a mapping with name, on, command or url, timeout; got {h!r}")
+        unknown = set(h) - set(_USER_HOOK_KEYS)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+                              f"known: {', '.join(_USER_HOOK_KEYS)}")
+        name = h.get("name")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", name):
+            raise ConfigError(f"{where}.name: expected a short name (letters, digits, _ . -), got {name!r}")
+        if name in seen:
+            raise ConfigError(f"{where}.name: {name!r} is used by another hook")
+        seen.add(name)
+        where = f"events.user_hooks[{i}] ({name})"
+        on = h.get("on")
+        if isinstance(on, str):
+            on = [on]
+        if not isinstance(on, list) or not on or any(o not in USER_HOOK_EVENTS for o in on):
+            raise ConfigError(f"{where}.on: a list of {', '.join(USER_HOOK_EVENTS)}, got {h.get('on')!r}")
+        command, url = h.get("command"), h.get("url")
+        if (command is None) == (url is None):
+            raise ConfigError(f"{where}: exactly one of command (argv list) or url (http webhook)")
+        if command is not None and (not isinstance(command, list) or not command
+                                    or not all(isinstance(a, str) and a for a in command)):
+            raise ConfigError(f"{where}.command: a list of non-empty strings (argv, no shell), got {command!r}")
+        if command is not None and not os.path.isabs(command[0]):
+            raise ConfigError(f"{where}.command: the program must be an absolute path, got {command[0]!r}")
+        if url is not None and (not isinstance(url, str) or not re.match(r"https?://[^/\s]+", url)):
+            raise ConfigError(f"{where}.url: an http:// or https:// URL, got {url!r}")
+        timeout = h.get("timeout", 10)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
+            raise ConfigError(f"{where}.timeout: seconds, more than 0 and at most 3600, got {timeout!r}")
 
 
 def _merge(base: dict, over: dict) -> dict:

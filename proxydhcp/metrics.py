@@ -59,6 +59,9 @@ BOOT_DURATION = Histogram(
 LEASE_EVENTS = Counter(
     "proxydhcp_lease_events", "Events from the DHCP-server hooks, by server and action",
     ["source", "action"], registry=REGISTRY)
+HOOK_RUNS = Counter(
+    "proxydhcp_hook_runs", "User hook runs (events.user_hooks), by configured hook name and result "
+    "(ok, failed, timeout, dropped)", ["hook", "result"], registry=REGISTRY)
 
 CONFIG_RELOADS = Counter(
     "proxydhcp_config_reloads", "Configuration reloads, by result", ["result"], registry=REGISTRY)

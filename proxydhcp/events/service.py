@@ -22,6 +22,7 @@ from proxydhcp.events import EventBus
 from proxydhcp.events.hooks import HookListener
 from proxydhcp.events.sessions import Session, Tracker
 from proxydhcp.events.store import EventStore, Reader, StoreError
+from proxydhcp.events.userhooks import UserHooks
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class EventsService(Service):
         self._dirty: dict[str, Session] = {}
         self._flush_call = None
         self._loops: list[LoopingCall] = []
+        self.user_hooks: UserHooks | None = None
 
     @property
     def reactor(self):
@@ -73,6 +75,7 @@ class EventsService(Service):
         self.store.start()
         self.tracker = Tracker(e.success_stage, e.stall_timeout, e.loop_threshold, e.lease_window)
         self._restore()
+        self.user_hooks = UserHooks(lambda: self.live.current.events, self.reactor)
         self.bus.subscribe(self.observe)
         self.hooks = HookListener(self.store, self.bus, self.reactor, sock, spool)
         try:
@@ -96,6 +99,8 @@ class EventsService(Service):
         self._loops.clear()
         if self.hooks is not None:
             self.hooks.stop()
+        if self.user_hooks is not None:
+            self.user_hooks.stop()
         try:
             self.bus.unsubscribe(self.observe)
         except ValueError:
@@ -121,6 +126,8 @@ class EventsService(Service):
     def observe(self, event: dict) -> None:
         self.store.record(event)
         self._apply(self.tracker.feed(event))
+        if self.user_hooks is not None:
+            self.user_hooks.on_event(event)   # lease events; only queues
 
     def tick(self) -> None:
         self._apply(self.tracker.tick(self.clock()))
@@ -130,6 +137,8 @@ class EventsService(Service):
             s = u.session
             self._dirty[s.id] = s
             a = archtable.label(s.arch)
+            if self.user_hooks is not None:
+                self.user_hooks.on_update(u)   # only queues; runs in a later reactor turn
             if u.kind == "stage":
                 metrics.BOOT_STAGES.labels(u.stage, a).inc()
             elif u.kind == "succeeded":
