@@ -285,7 +285,8 @@ class UserHooks:
 
     def _post(self, run: _Run) -> None:
         from twisted.internet import defer
-        from twisted.web.client import FileBodyProducer, readBody
+        from twisted.internet import protocol
+        from twisted.web.client import FileBodyProducer
         from twisted.web.http_headers import Headers
         body = json.dumps(run.payload, sort_keys=True).encode()
         headers = Headers({b"Content-Type": [b"application/json"],
@@ -294,11 +295,17 @@ class UserHooks:
         d = self._get_agent().request(b"POST", run.hook.url.encode(), headers,
                                       FileBodyProducer(BytesIO(body)))
 
+        class Discard(protocol.Protocol):   # the answer's body is not wanted
+            def __init__(self, done):
+                self.done = done
+
+            def connectionLost(self, reason=None):
+                self.done.callback(None)
+
         def got(response):
-            code = response.code
-            d2 = readBody(response)
-            d2.addErrback(lambda _f: b"")
-            d2.addCallback(lambda _b: code)
+            d2 = defer.Deferred()
+            response.deliverBody(Discard(d2))
+            d2.addCallback(lambda _: response.code)
             return d2
 
         def ok(code):
@@ -308,16 +315,21 @@ class UserHooks:
                 self._finish(run, "failed", f"HTTP {code} from {run.hook.url}")
 
         def err(f):
-            if f.check(defer.TimeoutError, defer.CancelledError):
+            if run.timed_out:
                 self._finish(run, "timeout", f"no answer from {run.hook.url} in {run.hook.timeout:g} s")
             else:
                 self._finish(run, "failed", f"{run.hook.url}: {f.getErrorMessage()}")
 
+        def on_timeout():
+            run.timed_out = True
+            d.cancel()
+
         d.addCallback(got)
-        d.addTimeout(run.hook.timeout, self.reactor)
         d.addCallbacks(ok, err)
         d.addErrback(lambda f: log.error("user hook %s: %s", run.hook.name, f.getTraceback()))
         run.cancel = lambda *_: d.cancel()
+        if run in self.running:   # it may have failed at once
+            run.timer = self.reactor.callLater(run.hook.timeout, on_timeout)
 
     def stop(self) -> None:
         """Drop the queue and end running hooks (at service stop)."""
