@@ -5,6 +5,9 @@ command hook (which writes a file) and posts a webhook to a small HTTP server on
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -62,6 +65,14 @@ def boot_events(t0):
 
 class UserHooksEndToEnd(unittest.TestCase):
     timeout = 60
+
+    def mktemp(self):
+        """A fresh path under a temporary directory (trial's own writes into the cwd)."""
+        if not hasattr(self, "_tmp"):
+            self._tmp = tempfile.mkdtemp(prefix="proxydhcp-userhooks-")
+            self.addCleanup(shutil.rmtree, self._tmp, True)
+        self._n = getattr(self, "_n", 0) + 1
+        return os.path.join(self._tmp, f"t{self._n}")
 
     async def test_command_hook_writes_a_file_and_webhook_reaches_the_server(self):
         Receiver.received = []

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import sys
 import time
 import types
@@ -210,6 +212,14 @@ class _Answer(protocol.Protocol):
 
 class ReactorTests(unittest.TestCase):
     timeout = 30
+
+    def mktemp(self):
+        """A fresh path under a temporary directory (trial's own writes into the cwd)."""
+        if not hasattr(self, "_tmp"):
+            self._tmp = tempfile.mkdtemp(prefix="proxydhcp-userhooks-")
+            self.addCleanup(shutil.rmtree, self._tmp, True)
+        self._n = getattr(self, "_n", 0) + 1
+        return os.path.join(self._tmp, f"t{self._n}")
 
     def make(self, hooks, max_concurrent=4, **kw):
         uh = U.UserHooks(lambda: settings(hooks, max_concurrent), reactor, **kw)
