@@ -70,7 +70,8 @@ class UserHooksEndToEnd(unittest.TestCase):
         """A fresh path under a temporary directory (trial's own writes into the cwd)."""
         if not hasattr(self, "_tmp"):
             self._tmp = tempfile.mkdtemp(prefix="proxydhcp-userhooks-")
-            self.addCleanup(shutil.rmtree, self._tmp, True)
+            # after the service's own cleanup: its unix socket goes away a reactor turn later
+            self.addCleanup(lambda: task.deferLater(reactor, 0.2, shutil.rmtree, self._tmp, True))
         self._n = getattr(self, "_n", 0) + 1
         return os.path.join(self._tmp, f"t{self._n}")
 
