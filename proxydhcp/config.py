@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -342,6 +343,24 @@ def load(path: str | None) -> Config:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
     return parse(text, path)
+
+
+def boot_file(value: str, tftp_root: str) -> tuple[str, str]:
+    """(name, path) of a configured boot file (boot.firmware or a quirk's firmware).
+    name is what a client is told to fetch: relative names, and absolute ones inside
+    tftp.root, as root-relative paths; absolute paths elsewhere by their base name. path is
+    the file the TFTP server serves for that name. The one rule for both sides."""
+    root_prefix = os.path.normpath(tftp_root).rstrip("/") + "/"
+    if value.startswith("/") and not value.startswith(root_prefix):
+        return os.path.basename(value), value
+    if root_prefix != "/" and value.startswith(root_prefix):
+        value = value[len(root_prefix):]
+    name = "/".join(p for p in value.split("/") if p not in ("", "."))
+    return name, os.path.join(tftp_root, name)
+
+
+def boot_file_name(value: str, tftp_root: str) -> str:
+    return boot_file(value, tftp_root)[0]
 
 
 class LiveConfig:

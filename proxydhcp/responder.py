@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from proxydhcp import client as clientmod
 from proxydhcp.client import Client
-from proxydhcp.config import Config
+from proxydhcp.config import Config, boot_file_name
 from proxydhcp.dhcp import options as opt
 from proxydhcp.dhcp import pxe
 from proxydhcp.dhcp.packet import BOOTREPLY, BOOTREQUEST, BROADCAST_FLAG, MalformedPacket, Packet
@@ -90,19 +90,12 @@ def settings_for(c: Client, cfg: Config) -> Settings:
 
 
 def firmware_file(c: Client, cfg: Config, s: Settings) -> str | None:
-    """The iPXE build a legacy client should fetch, as a name relative to the TFTP root."""
-    if s.firmware:
-        return s.firmware
-    a = c.arch
-    if a is None:
-        return None
-    path = cfg.boot.firmware.get(a.firmware)
-    if path is None:
-        return None
-    root = cfg.tftp.root.rstrip("/") + "/"
-    if path.startswith(root):
-        return path[len(root):]
-    return path if not path.startswith("/") else os.path.basename(path)
+    """The iPXE build a legacy client should fetch, as the name the TFTP server knows it by."""
+    value = s.firmware
+    if not value:
+        a = c.arch
+        value = cfg.boot.firmware.get(a.firmware) if a is not None else None
+    return boot_file_name(value, cfg.tftp.root) if value else None
 
 
 def server_address(iface: Interface, cfg: Config) -> str:

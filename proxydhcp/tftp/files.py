@@ -19,6 +19,7 @@ import stat
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from proxydhcp.config import boot_file
 from proxydhcp.tftp import packet as pk
 from proxydhcp.tftp.transfer import ACCESS_DENIED, NOT_FOUND, Blocks, PrecomputedBlocks
 
@@ -57,9 +58,8 @@ def normalise(name: str, root: str) -> str:
 
 
 def boot_files(cfg) -> dict[str, str]:
-    """{name a client will ask for: absolute path} for the operator's configured boot files.
-    Mirrors how the responder names them: relative names (and absolute ones inside the
-    root) as root-relative paths, absolute ones elsewhere by their base name."""
+    """{name a client will ask for: path} for the operator's configured boot files, named by
+    the rule the responder hands them out with (proxydhcp.config.boot_file)."""
     root = cfg.tftp.root
     values = list(cfg.boot.firmware.values())
     for quirk in cfg.dhcp.quirks:
@@ -67,14 +67,10 @@ def boot_files(cfg) -> dict[str, str]:
         if isinstance(fw, str) and fw:
             values.append(fw)
     out: dict[str, str] = {}
-    root_prefix = os.path.normpath(root).rstrip("/") + "/"
     for value in values:
-        if value.startswith("/") and not value.startswith(root_prefix):
-            out[os.path.basename(value)] = value
-        else:
-            rel = normalise(value, root)
-            if rel:
-                out[rel] = os.path.join(root, rel)
+        name, path = boot_file(value, root)
+        if name:
+            out[name] = path
     return out
 
 

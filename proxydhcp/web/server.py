@@ -307,12 +307,12 @@ class HTTPService(Service):
         return self._policy
 
     def firmware_files(self) -> dict[str, str]:
-        """URL name -> path of each configured boot file (relative names under tftp.root)."""
-        cfg = self.live.current
-        out = {}
-        for path in cfg.boot.firmware.values():
-            full = path if path.startswith("/") else os.path.join(cfg.tftp.root, path)
-            out.setdefault(os.path.basename(path), full)
+        """URL name (the base name, as responder.firmware_url hands it out) -> path of each
+        configured boot file, quirk firmware included: the TFTP server's list."""
+        from proxydhcp.tftp.files import boot_files
+        out: dict[str, str] = {}
+        for name, path in boot_files(self.live.current).items():
+            out.setdefault(os.path.basename(name), path)
         return out
 
     def startService(self) -> None:
