@@ -7,8 +7,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): setup.cfg requirements-test.txt
 	$(PY) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e . -r requirements-test.txt
+	$(VENV)/bin/pip install -q --retries 2 -e . -r requirements-test.txt
 	touch $(STAMP)
 
 venv: $(STAMP)
