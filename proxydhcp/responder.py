@@ -9,6 +9,7 @@ and HTTPClient; relayed requests are answered to giaddr:67.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from urllib.parse import quote
@@ -95,7 +96,11 @@ def firmware_file(c: Client, cfg: Config, s: Settings) -> str | None:
     if not value:
         a = c.arch
         value = cfg.boot.firmware.get(a.firmware) if a is not None else None
-    return boot_file_name(value, cfg.tftp.root) if value else None
+    return _boot_file_name(value, cfg.tftp.root) if value else None
+
+
+# Pure functions of their (string) arguments, asked the same question for every packet.
+_boot_file_name = functools.lru_cache(maxsize=1024)(boot_file_name)
 
 
 def server_address(iface: Interface, cfg: Config) -> str:
@@ -128,6 +133,7 @@ def _base_reply(req: Packet, message: int, server: str, vendor: bytes) -> Packet
     return rep
 
 
+@functools.lru_cache(maxsize=256)
 def _inet(address: str) -> bytes:
     return bytes(int(x) for x in address.split("."))
 

@@ -58,27 +58,25 @@ class Packet:
         return self.chaddr[: self.hlen].hex(":")
 
 
-def _parse_options(buf: bytes, start: int, end: int, into: dict[int, bytearray], where: str) -> None:
+def _parse_options(buf: bytes, start: int, end: int, into: dict[int, bytes], where: str) -> None:
     i = start
     while i < end:
         code = buf[i]
-        if code == opt.PAD:
+        if code == 0:      # opt.PAD (literals: this loop runs for every option of every packet)
             i += 1
             continue
-        if code == opt.END:
+        if code == 255:    # opt.END
             return
         if i + 1 >= end:
             raise MalformedPacket(f"{where}: option {code} has no length byte")
-        length = buf[i + 1]
-        j = i + 2 + length
+        j = i + 2 + buf[i + 1]
         if j > end:
-            raise MalformedPacket(f"{where}: option {code} of length {length} runs past the end")
-        value = buf[i + 2:j]
+            raise MalformedPacket(f"{where}: option {code} of length {buf[i + 1]} runs past the end")
         existing = into.get(code)
         if existing is None:
-            into[code] = bytearray(value)
+            into[code] = buf[i + 2:j]
         else:
-            existing += value  # RFC 3396: concatenate in order
+            into[code] = existing + buf[i + 2:j]  # RFC 3396: concatenate in order
         i = j
     # A missing END at the end of the area is tolerated (real clients omit it in file/sname).
 
@@ -90,6 +88,8 @@ def _cstring(raw: bytes) -> bytes:
 
 def decode(data: bytes) -> Packet:
     """Parse one BOOTP/DHCP packet."""
+    if type(data) is not bytes:
+        data = bytes(data)  # option values are slices of it: they must be bytes
     if len(data) < HEADER_LEN:
         raise MalformedPacket(f"packet of {len(data)} bytes is shorter than the {HEADER_LEN}-byte BOOTP header")
     (op, htype, hlen, hops, xid, secs, flags, ciaddr, yiaddr, siaddr, giaddr,
@@ -104,7 +104,7 @@ def decode(data: bytes) -> Packet:
     if len(data) < HEADER_LEN + 4 or data[HEADER_LEN:HEADER_LEN + 4] != MAGIC_COOKIE:
         return pkt  # BOOTP: the vendor area carries no DHCP options
     pkt.dhcp = True
-    found: dict[int, bytearray] = {}
+    found: dict[int, bytes] = {}
     _parse_options(data, HEADER_LEN + 4, len(data), found, "options")
     overload = found.pop(opt.OVERLOAD, None)
     if overload is not None:
@@ -117,7 +117,7 @@ def decode(data: bytes) -> Packet:
         if overload[0] & 2:
             _parse_options(data, 44, 108, found, "sname field")
             pkt.sname = b""
-    pkt.options = {k: bytes(v) for k, v in found.items()}
+    pkt.options = found
     return pkt
 
 

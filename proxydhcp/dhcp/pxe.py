@@ -4,6 +4,7 @@ in proxydhcp.client, not here."""
 
 from __future__ import annotations
 
+import functools
 import struct
 import uuid as uuidlib
 from dataclasses import dataclass
@@ -86,7 +87,9 @@ def decode_uuid(value: bytes) -> str:
     the first three fields arrive little-endian."""
     if len(value) != 17 or value[0] != 0:
         raise MalformedPacket(f"option 97 (client UUID) must be type 0 and 16 bytes, got {len(value)} bytes type {value[:1].hex() or '-'}")
-    return str(uuidlib.UUID(bytes_le=bytes(value[1:])))
+    b = bytes(value)  # = str(uuid.UUID(bytes_le=value[1:])), without building a UUID object
+    h = (b[4:0:-1] + b[6:4:-1] + b[8:6:-1] + b[9:]).hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def encode_uuid(text: str) -> bytes:
@@ -131,6 +134,7 @@ def encode_boot_item(item: BootItem) -> bytes:
     return struct.pack("!HH", item.type, item.layer)
 
 
+@functools.lru_cache(maxsize=256)  # a handful of distinct answers, asked for every reply
 def pxe_vendor_options(boot_file_present: bool = True, boot_item: BootItem | None = None) -> bytes:
     """Option 43 for a proxy reply. With a boot file: discovery control 8 (skip prompt, menu
     and discovery) and a zero-timeout prompt, as dnsmasq sends; 43.71 echoed when given."""

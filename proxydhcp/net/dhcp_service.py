@@ -91,6 +91,15 @@ class _Port67:
         self.reader = _Reader(recv, self._recv, f"dhcp67:{iface.name}")
         self.service = service
 
+    @property
+    def iface(self) -> InterfaceAddress:
+        return self._iface
+
+    @iface.setter
+    def iface(self, value: InterfaceAddress) -> None:
+        self._iface = value
+        self.served = Interface(value.name, value.address, value.index)  # built once, not per packet
+
     def _recv(self, sock: socket.socket) -> None:
         data, addr = sock.recvfrom(4096)
         if addr[2] == PACKET_OUTGOING:
@@ -102,8 +111,8 @@ class _Port67:
         if dport != self.port:
             self.service.observe_reply(payload, src, self.iface)
             return
-        self.service.handle(payload, PORT_DHCP, Interface(self.iface.name, self.iface.address, self.iface.index),
-                            (src, sport), self, source_key=addr[4])  # link-layer sender: a relay or the client
+        self.service.handle(payload, PORT_DHCP, self.served, (src, sport), self,
+                            source_key=addr[4])  # link-layer sender: a relay or the client
 
     def send(self, payload: bytes, server: str, dest: tuple[str, int]) -> None:
         packet = frames.build_udp(server, self.port, dest[0], dest[1], payload)
@@ -142,12 +151,11 @@ class _Port4011:
             if level == socket.IPPROTO_IP and kind == IP_PKTINFO:
                 ifindex, spec, _addr = _PKTINFO.unpack(value[:_PKTINFO.size])
                 spec_dst = socket.inet_ntoa(spec)
-        iface = self.service.interface_by_index(ifindex)
+        iface = self.service.served_interface(ifindex, spec_dst)
         if iface is None:
             metrics.DHCP_PACKETS.labels(PORT_PROXY, "unknown", NOT_SERVED).inc()
             return
-        self.service.handle(data, PORT_PROXY, Interface(iface.name, spec_dst or iface.address, ifindex),
-                            source, self)
+        self.service.handle(data, PORT_PROXY, iface, source, self)
 
     def send(self, payload: bytes, server: str, dest: tuple[str, int], ifindex: int = 0) -> None:
         info = _PKTINFO.pack(ifindex, socket.inet_aton(server), b"\x00" * 4)
@@ -167,6 +175,9 @@ class DHCPService(Service):
         self.port4011: _Port4011 | None = None
         self.watch: NetlinkWatch | None = None
         self._counters: dict = {}
+        self._durations: dict = {}
+        self._served: dict = {}     # (ifindex, our address) -> Interface, for 4011; cleared on refresh
+        self._limited = False       # any per-MAC / per-source rate limit configured
         self._limits_for = None
         self._rules = AccessRules()
         self._per_mac = self._per_source = None
@@ -246,6 +257,18 @@ class DHCPService(Service):
             log.info("listening on %s (%s) for PXE clients on UDP %d and %s", name, addr.address,
                      cfg.dhcp.port, self.port4011.port if self.port4011 else "no 4011")
         self.interfaces = wanted
+        self._served = {}
+
+    def served_interface(self, index: int, address: str | None) -> Interface | None:
+        """The Interface a 4011 request arrived through (cached until the next refresh)."""
+        key = (index, address)
+        found = self._served.get(key)
+        if found is None:
+            a = self.interface_by_index(index)
+            if a is None:
+                return None
+            found = self._served[key] = Interface(a.name, address or a.address, index)
+        return found
 
     def interface_by_index(self, index: int) -> InterfaceAddress | None:
         for a in self.interfaces.values():
@@ -299,6 +322,7 @@ class DHCPService(Service):
             self._rules = AccessRules(d.allow_macs, d.deny_macs, d.allow_subnets, d.deny_subnets)
             self._per_mac = TokenBuckets(d.rate_per_mac, d.burst_per_mac)
             self._per_source = TokenBuckets(d.rate_per_source, d.burst_per_source)
+            self._limited = d.rate_per_mac > 0 or d.rate_per_source > 0
             self._limits_for = d
         return self._rules
 
@@ -320,11 +344,12 @@ class DHCPService(Service):
         result = respond(req, port, iface, source, cfg, allowed)
         message = opt.message_name(req.message_type)
         if isinstance(result, Reply):
-            now = time.monotonic()
-            if not (self._per_mac.allow(result.client.mac, now)
-                    and self._per_source.allow(source_key or source[0], now)):
-                self._count(port, message, RATE_LIMITED)
-                return
+            if self._limited:
+                now = time.monotonic()
+                if not (self._per_mac.allow(result.client.mac, now)
+                        and self._per_source.allow(source_key or source[0], now)):
+                    self._count(port, message, RATE_LIMITED)
+                    return
         else:
             self._count(port, message, result.reason)
             c = result.client
@@ -334,30 +359,37 @@ class DHCPService(Service):
                               message=message)
             return
         payload = encode(result.packet)
-        c = result.client
-
-        def send():
-            try:
-                if port == PORT_PROXY:
-                    sender.send(payload, result.server, result.dest, iface.index)
-                else:
-                    sender.send(payload, result.server, result.dest)
-            except OSError as exc:
-                log.warning("sending %s to %s:%d failed: %s", result.message, *result.dest, exc)
-                self._count(port, message, "send_failed")
-                return
-            metrics.DHCP_REPLY_DURATION.labels(port).observe(time.perf_counter() - started)
-            self._count(port, message, REPLIED)
-            self.bus.emit(DHCP_REPLY, port=port, message=result.message, request=message, mac=c.mac,
-                          iface=iface.name, arch=c.arch_code, firmware=c.firmware, uuid=c.uuid,
-                          vendor_class=c.vendor_class, user_classes=list(c.user_classes),
-                          client_ip=req.ciaddr if req.ciaddr != "0.0.0.0" else None,
-                          server_ip=result.server, boot_file=result.boot_file, xid=req.xid,
-                          relay=req.giaddr if req.giaddr != "0.0.0.0" else None)
-            log.info("%s %s to %s (%s, arch %s) on %s: %s", port, result.message, c.mac, c.firmware,
-                     c.arch_label, iface.name, result.boot_file or "redirect to 4011")
-
         if result.delay > 0:
-            self.reactor.callLater(result.delay, send)
+            self.reactor.callLater(result.delay, self._send, sender, port, message, iface, req, result,
+                                   payload, started)
         else:
-            send()
+            self._send(sender, port, message, iface, req, result, payload, started)
+
+    def _send(self, sender, port: str, message: str, iface: Interface, req, result: Reply, payload: bytes,
+              started: float) -> None:
+        try:
+            if port == PORT_PROXY:
+                sender.send(payload, result.server, result.dest, iface.index)
+            else:
+                sender.send(payload, result.server, result.dest)
+        except OSError as exc:
+            log.warning("sending %s to %s:%d failed: %s", result.message, *result.dest, exc)
+            self._count(port, message, "send_failed")
+            return
+        duration = self._durations.get(port)
+        if duration is None:
+            duration = self._durations[port] = metrics.DHCP_REPLY_DURATION.labels(port)
+        duration.observe(time.perf_counter() - started)
+        self._count(port, message, REPLIED)
+        c = result.client
+        self.bus.emit(DHCP_REPLY, port=port, message=result.message, request=message, mac=c.mac,
+                      iface=iface.name, arch=c.arch_code, firmware=c.firmware, uuid=c.uuid,
+                      vendor_class=c.vendor_class, user_classes=list(c.user_classes),
+                      client_ip=req.ciaddr if req.ciaddr != "0.0.0.0" else None,
+                      server_ip=result.server, boot_file=result.boot_file, xid=req.xid,
+                      relay=req.giaddr if req.giaddr != "0.0.0.0" else None)
+        # Per reply only at DEBUG: at a boot storm's rates a line per packet costs as much as the
+        # answer. Replies are recorded as dhcp.reply events (boot sessions) and counted in metrics.
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s to %s (%s, arch %s) on %s: %s", port, result.message, c.mac, c.firmware,
+                      c.arch_label, iface.name, result.boot_file or "redirect to 4011")

@@ -16,16 +16,20 @@ _UDP = struct.Struct("!HHHH")
 PROTO_UDP = 17
 
 
+_LITTLE = socket.htons(1) != 1
+_PSEUDO = struct.Struct("!4s4sBBH")
+
+
 def _checksum(data: bytes) -> int:
+    """RFC 1071 Internet checksum. The one's-complement sum does not depend on byte order
+    (RFC 1071 2(B)): sum native-order words and swap the result once."""
     if len(data) % 2:
         data += b"\x00"
-    words = array("H", data)
-    if socket.htons(1) != 1:
-        words.byteswap()  # little-endian host: read big-endian 16-bit words
-    total = sum(words)
+    total = sum(array("H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+    total = ~total & 0xFFFF
+    return ((total >> 8) | (total << 8)) & 0xFFFF if _LITTLE else total
 
 
 def parse_udp(ip_packet: bytes) -> tuple[str, int, str, int, bytes] | None:
@@ -49,12 +53,10 @@ def build_udp(src: str, sport: int, dst: str, dport: int, payload: bytes, ttl: i
     """An IPv4 header + UDP header (with checksum) + payload, for a raw IP socket."""
     s, d = socket.inet_aton(src), socket.inet_aton(dst)
     length = 8 + len(payload)
-    pseudo = s + d + struct.pack("!BBH", 0, PROTO_UDP, length)
-    udp = _UDP.pack(sport, dport, length, 0) + payload
-    csum = _checksum(pseudo + udp) or 0xFFFF
-    udp = udp[:6] + struct.pack("!H", csum) + udp[8:]
+    csum = _checksum(_PSEUDO.pack(s, d, 0, PROTO_UDP, length) + _UDP.pack(sport, dport, length, 0) + payload) or 0xFFFF
+    udp = _UDP.pack(sport, dport, length, csum) + payload
     header = _IP.pack(0x45, 0, 20 + length, 0, 0x4000, ttl, PROTO_UDP, 0, s, d)
-    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+    header = _IP.pack(0x45, 0, 20 + length, 0, 0x4000, ttl, PROTO_UDP, _checksum(header), s, d)
     return header + udp
 
 
