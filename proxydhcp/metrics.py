@@ -71,11 +71,65 @@ BUILD_INFO = Info("proxydhcp_build", "proxydhcp version", registry=REGISTRY)
 BUILD_INFO.info({"version": __version__})
 
 
+# --- zero series ---------------------------------------------------------------------------
+# Prometheus' increase()/rate() cannot see the first increment of a series that appears with
+# value 1, so a counter series an alert or a dashboard counts must exist at 0 before it moves.
+# The label sets come from the fixed lists (stage list, diagnoses, firmware kinds, TFTP outcomes).
+_boot_arches: set[str] = set()
+
+
+def init_boot_series(arch_labels) -> None:
+    """Create the boot counters at 0 for these arch labels (each label once)."""
+    from proxydhcp.events import sessions   # the one stage / diagnosis list (no metrics import there)
+    for a in arch_labels:
+        if a in _boot_arches:
+            continue
+        _boot_arches.add(a)
+        for stage in sessions.STAGES:
+            BOOT_STAGES.labels(stage, a)
+        for outcome in sessions.OUTCOMES:
+            for fw in sessions.FIRMWARE_LABELS:
+                BOOT_SESSIONS.labels(outcome, a, fw)
+        for diagnosis in sessions.DIAGNOSES:
+            BOOT_FAILURES.labels(diagnosis, a)
+
+
+def arch_labels_for(firmware_keys) -> set[str]:
+    """The arch labels whose machines run one of these firmware keys (the boot.firmware table)."""
+    from proxydhcp import arch
+    keys = set(firmware_keys)
+    return {a.name for a in arch.BY_CODE.values() if a.firmware in keys}
+
+
+def _init_fixed() -> None:
+    from proxydhcp.tftp import transfer
+    for outcome in transfer.OUTCOMES:
+        TFTP_TRANSFERS.labels(outcome)
+    for result in ("ok", "failed"):
+        CONFIG_RELOADS.labels(result)
+
+
+_init_fixed()
+
+
 def names() -> set[str]:
-    """All sample names the registry can expose (for the dashboard/rules tests)."""
+    """All sample names the registry can expose (for the dashboard/rules tests), also for
+    labelled metrics that have no series yet."""
+    suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
+                "summary": ("", "_sum", "_count", "_created"), "info": ("_info",), "gauge": ("",)}
     out = set()
     for metric in REGISTRY.collect():
         out.add(metric.name)
+        out.update(metric.name + s for s in suffixes.get(metric.type, ("",)))
         for sample in metric.samples:
             out.add(sample.name)
+    return out
+
+
+def label_names() -> dict[str, tuple[str, ...]]:
+    """Metric family name -> its label names (for the dashboard/rules tests)."""
+    out = {}
+    for collector in list(REGISTRY._collector_to_names):
+        for metric in collector.describe():
+            out[metric.name] = tuple(getattr(collector, "_labelnames", ()))
     return out

@@ -74,6 +74,7 @@ class EventsService(Service):
             raise StartupError(str(exc)) from None
         self.store.start()
         self.tracker = Tracker(e.success_stage, e.stall_timeout, e.loop_threshold, e.lease_window)
+        metrics.init_boot_series(metrics.arch_labels_for(cfg.boot.firmware))   # counters at 0 before they move
         self._restore()
         self.user_hooks = UserHooks(lambda: self.live.current.events, self.reactor)
         self.bus.subscribe(self.observe)
@@ -139,7 +140,9 @@ class EventsService(Service):
             a = archtable.label(s.arch)
             if self.user_hooks is not None:
                 self.user_hooks.on_update(u)   # only queues; runs in a later reactor turn
-            if u.kind == "stage":
+            if u.kind == "opened":
+                metrics.init_boot_series((a,))
+            elif u.kind == "stage":
                 metrics.BOOT_STAGES.labels(u.stage, a).inc()
             elif u.kind == "succeeded":
                 metrics.BOOT_SESSIONS.labels("succeeded", a, s.firmware_label).inc()
