@@ -74,3 +74,66 @@ class TokenBuckets:
             b[0] -= 1.0
             return True
         return False
+
+
+class InProgress:
+    """Machines mid-boot, for the cap on sessions in progress (dhcp.max_sessions_in_progress).
+
+    A machine is in progress from our first reply until it finishes (release(), when its
+    iPXE fetched the boot script) or until `hold` seconds pass without a reply to it. A
+    machine in progress is always admitted again (a boot is never cut off halfway); a new
+    one only while fewer than `cap` are in progress and fewer than `per_source` came through
+    the same sender, so a flood of invented MACs from one address cannot fill the table.
+    0 means no cap. Entries expire oldest first: O(1) per admission."""
+
+    def __init__(self, cap: int, per_source: int, hold: float) -> None:
+        self.cap, self.per_source, self.hold = cap, per_source, hold
+        self._macs: OrderedDict[str, list] = OrderedDict()   # mac -> [deadline, source]
+        self._sources: dict[object, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._macs)
+
+    def __contains__(self, mac: str) -> bool:
+        return mac in self._macs
+
+    def count(self, now: float) -> int:
+        self._expire(now)
+        return len(self._macs)
+
+    def admit(self, mac: str, source, now: float) -> bool:
+        """True (and the machine is in progress until now + hold) or False: busy."""
+        entry = self._macs.get(mac)
+        if entry is not None:
+            entry[0] = now + self.hold
+            self._macs.move_to_end(mac)
+            return True
+        self._expire(now)
+        if self.cap and len(self._macs) >= self.cap:
+            return False
+        if self.per_source and self._sources.get(source, 0) >= self.per_source:
+            return False
+        self._macs[mac] = [now + self.hold, source]
+        self._sources[source] = self._sources.get(source, 0) + 1
+        return True
+
+    def release(self, mac: str) -> None:
+        entry = self._macs.pop(mac, None)
+        if entry is not None:
+            self._drop_source(entry[1])
+
+    def _drop_source(self, source) -> None:
+        left = self._sources[source] - 1
+        if left:
+            self._sources[source] = left
+        else:
+            del self._sources[source]
+
+    def _expire(self, now: float) -> None:
+        macs = self._macs
+        while macs:
+            mac, entry = next(iter(macs.items()))
+            if entry[0] > now:
+                return
+            del macs[mac]
+            self._drop_source(entry[1])

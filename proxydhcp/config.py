@@ -54,6 +54,9 @@ class DHCPConfig:
     burst_per_mac: int = 12
     rate_per_source: float = 1000.0
     burst_per_source: int = 2000
+    max_sessions_in_progress: int = 1000
+    max_sessions_per_source: int = 500
+    known_machines_only: bool = False
 
 
 @dataclass
@@ -119,6 +122,7 @@ class Config:
     groups: list
     source: str = "<built-in default>"
     events: EventsConfig = field(default_factory=EventsConfig)
+    policy: Any = field(default=None, repr=False, compare=False)   # proxydhcp.policy.Policy, set by parse
 
 
 SECTIONS = {"dhcp": DHCPConfig, "boot": BootConfig, "tftp": TFTPConfig, "http": HTTPConfig,
@@ -197,6 +201,9 @@ def _validate(cfg: Config) -> None:
                 raise ConfigError(f"dhcp.{key}[{i}]: {net!r} is not an IPv4 subnet like 10.0.0.0/24") from None
     if d.rate_per_mac < 0 or d.rate_per_source < 0 or d.burst_per_mac < 1 or d.burst_per_source < 1:
         raise ConfigError("dhcp.rate_per_mac/rate_per_source must be >= 0 (0: no limit) and bursts >= 1")
+    if d.max_sessions_in_progress < 0 or d.max_sessions_per_source < 0:
+        raise ConfigError("dhcp.max_sessions_in_progress and dhcp.max_sessions_per_source must be >= 0 "
+                          "(0: no cap)")
     if not 0 <= d.reply_delay_ms <= 10000:
         raise ConfigError(f"dhcp.reply_delay_ms: must be 0-10000, got {d.reply_delay_ms}")
     quirks = []
@@ -329,7 +336,7 @@ def parse(text: str | None, source: str = "<config>") -> Config:
     cfg = Config(**sections, profiles=profiles, groups=groups, source=source)
     _validate(cfg)
     from proxydhcp import policy  # profiles and groups: validated by their owner
-    policy.load(cfg)
+    cfg.policy = policy.load(cfg)
     return cfg
 
 

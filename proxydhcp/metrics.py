@@ -21,6 +21,10 @@ DHCP_REPLY_DURATION = Histogram(
     ["port"], registry=REGISTRY,
     buckets=(50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3))
 
+DHCP_SESSIONS_IN_PROGRESS = Gauge(
+    "proxydhcp_dhcp_sessions_in_progress", "Machines answered and still mid-boot (dhcp.max_sessions_in_progress "
+    "caps them)", registry=REGISTRY)
+
 FOREIGN_PXE_REPLIES = Counter(
     "proxydhcp_foreign_pxe_replies", "PXE boot replies seen from another DHCP server on a served segment",
     registry=REGISTRY)
@@ -37,6 +41,9 @@ TFTP_RETRANSMITS = Counter(
     "proxydhcp_tftp_retransmits", "TFTP DATA/OACK packets resent on timeout", registry=REGISTRY)
 TFTP_ACTIVE = Gauge(
     "proxydhcp_tftp_active_transfers", "TFTP transfers in progress", registry=REGISTRY)
+TFTP_DROPPED = Counter(
+    "proxydhcp_tftp_packets_dropped", "TFTP datagrams that started or moved no transfer, by where they "
+    "arrived (request: tftp.port, transfer: a transfer's port) and why", ["port", "reason"], registry=REGISTRY)
 
 HTTP_REQUESTS = Counter(
     "proxydhcp_http_requests", "HTTP requests served, by kind (script, file, metrics...) and status code",

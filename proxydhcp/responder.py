@@ -32,7 +32,11 @@ NO_BOOT_FILE = "no_boot_file"         # PXE client whose arch has no firmware co
 MALFORMED = "malformed"
 POLICY = "policy"                     # refused by allow/deny rules
 RATE_LIMITED = "rate_limited"         # over the per-MAC or per-source reply rate (decided by the service)
-SILENCE_REASONS = (NOT_PXE, NOT_BOOTREQUEST, IGNORED_MESSAGE, NO_BOOT_FILE, MALFORMED, POLICY, RATE_LIMITED)
+UNKNOWN_MACHINE = "unknown_machine"   # dhcp.known_machines_only and no group matches the machine
+BUSY = "busy"                         # a new machine while dhcp.max_sessions_in_progress are mid-boot (service)
+BAD_FRAME = "bad_frame"               # 67: not a whole unfragmented IPv4/UDP datagram (service)
+SILENCE_REASONS = (NOT_PXE, NOT_BOOTREQUEST, IGNORED_MESSAGE, NO_BOOT_FILE, MALFORMED, POLICY, RATE_LIMITED,
+                   UNKNOWN_MACHINE, BUSY, BAD_FRAME)
 REPLIED = "replied"
 
 
@@ -158,6 +162,29 @@ def _boot_target(c: Client, cfg: Config, s: Settings, server: str) -> str | Sile
     return name
 
 
+# Selectors that name a boot stage rather than a machine: the same machine asks first as
+# legacy-pxe, then as ipxe with user class iPXE; "known" must not change between the two.
+STAGE_SELECTORS = frozenset(("firmware", "user_class"))
+
+
+def known_group(cfg: Config, mac: str, uuid=None, arch=None, interface=None, ip=None, vendor_class=None):
+    """The first group (policy `groups`) whose machine selectors (all but firmware and
+    user_class) this machine matches, or None: who dhcp.known_machines_only answers. `ip` is
+    an address on the machine's subnet (a DISCOVER has none of its own yet: ciaddr, else the
+    relay's giaddr, else our interface address), for subnet selectors."""
+    from proxydhcp.policy import groups as groupmod
+    pol = cfg.policy
+    if pol is None:
+        from proxydhcp import policy
+        pol = cfg.policy = policy.load(cfg)
+    m = groupmod.Machine(mac=mac, ip=ip, uuid=uuid, arch=arch, interface=interface, vendor_class=vendor_class)
+    for g in pol.groups:
+        if all(k in STAGE_SELECTORS or groupmod.selector_matches(k, v, m) is not None
+               for k, v in g.selectors.items()):
+            return g
+    return None
+
+
 def respond(req: Packet, port: str, iface: Interface, source: tuple[str, int], cfg: Config,
             allowed=None) -> Reply | Silence:
     """Decide what to answer a request that arrived on `port` ("67" or "4011") through
@@ -189,6 +216,10 @@ def respond(req: Packet, port: str, iface: Interface, source: tuple[str, int], c
         why = allowed(c)
         if why:
             return Silence(POLICY, why, c)
+    if cfg.dhcp.known_machines_only:
+        net = req.ciaddr if req.ciaddr != "0.0.0.0" else req.giaddr if req.giaddr != "0.0.0.0" else iface.address
+        if known_group(cfg, c.mac, c.uuid, c.arch_code, iface.name, net, c.vendor_class) is None:
+            return Silence(UNKNOWN_MACHINE, f"no group matches {c.mac} (dhcp.known_machines_only)", c)
 
     s = settings_for(c, cfg)
     server = server_address(iface, cfg)

@@ -20,15 +20,15 @@ import time
 from twisted.application.service import Service
 
 from proxydhcp import metrics
-from proxydhcp.access import AccessRules, TokenBuckets
+from proxydhcp.access import AccessRules, InProgress, TokenBuckets
 from proxydhcp.config import LiveConfig
 from proxydhcp.dhcp import options as opt
 from proxydhcp.dhcp.packet import MalformedPacket, decode, encode
-from proxydhcp.events import DHCP_REPLY, DHCP_SILENCE, EventBus
+from proxydhcp.events import DHCP_REPLY, DHCP_SILENCE, HTTP_FETCH, EventBus
 from proxydhcp.net import frames
 from proxydhcp.net.interfaces import InterfaceAddress, NetlinkWatch, read_interfaces
 from proxydhcp.service import StartupError
-from proxydhcp.responder import RATE_LIMITED, MALFORMED, PORT_DHCP, PORT_PROXY, REPLIED, Interface, Reply, respond
+from proxydhcp.responder import BAD_FRAME, BUSY, RATE_LIMITED, MALFORMED, PORT_DHCP, PORT_PROXY, REPLIED, Interface, Reply, respond
 
 log = logging.getLogger("proxydhcp.dhcp")
 
@@ -37,6 +37,8 @@ SO_ATTACH_FILTER = 26
 SO_BINDTODEVICE = 25
 IP_PKTINFO = 8
 PACKET_OUTGOING = 4
+SOL_PACKET = 263
+PACKET_IGNORE_OUTGOING = 23  # Linux 4.20: the packet socket is not handed our own sends
 NOT_SERVED = "not_served"   # arrived on an interface we do not serve
 _PKTINFO = struct.Struct("=I4s4s")
 
@@ -82,6 +84,10 @@ class _Port67:
         recv = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK, socket.htons(ETH_P_IP))
         _attach_filter(recv, frames.udp_port_filter(port))
         recv.bind((iface.name, ETH_P_IP))
+        try:  # replies to a relay go to giaddr:67 and would pass the filter: not even queued
+            recv.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+        except OSError:
+            pass  # older kernel: _recv drops them by packet type
         recv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         send = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
         send.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
@@ -106,6 +112,7 @@ class _Port67:
             return  # our own replies to a relay
         parsed = frames.parse_udp(data)
         if parsed is None:
+            self.service._count(PORT_DHCP, "unknown", BAD_FRAME)
             return
         src, sport, _dst, dport, payload = parsed
         if dport != self.port:
@@ -182,6 +189,18 @@ class DHCPService(Service):
         self._rules = AccessRules()
         self._per_mac = self._per_source = None
         self._foreign_warned: dict[str, float] = {}
+        d = live.current
+        self._in_progress = InProgress(d.dhcp.max_sessions_in_progress, d.dhcp.max_sessions_per_source,
+                                       d.events.stall_timeout)
+        bus.subscribe(self._session_finished)
+        metrics.DHCP_SESSIONS_IN_PROGRESS.set_function(lambda: self._in_progress.count(time.monotonic()))
+
+    def _session_finished(self, event) -> None:
+        """A machine whose iPXE fetched its boot script needs the ProxyDHCP no more."""
+        if event["kind"] == HTTP_FETCH and event.get("fetch") == "script" and (event.get("code") or 500) < 400:
+            mac = event.get("mac")
+            if mac:
+                self._in_progress.release(mac)
 
     @property
     def reactor(self):
@@ -323,6 +342,9 @@ class DHCPService(Service):
             self._per_mac = TokenBuckets(d.rate_per_mac, d.burst_per_mac)
             self._per_source = TokenBuckets(d.rate_per_source, d.burst_per_source)
             self._limited = d.rate_per_mac > 0 or d.rate_per_source > 0
+            ip = self._in_progress
+            ip.cap, ip.per_source, ip.hold = d.max_sessions_in_progress, d.max_sessions_per_source, \
+                cfg.events.stall_timeout
             self._limits_for = d
         return self._rules
 
@@ -350,6 +372,11 @@ class DHCPService(Service):
                         and self._per_source.allow(source_key or source[0], now)):
                     self._count(port, message, RATE_LIMITED)
                     return
+            ip = self._in_progress
+            if (ip.cap or ip.per_source) and not ip.admit(result.client.mac, source_key or source[0],
+                                                          time.monotonic()):
+                self._count(port, message, BUSY)   # no event: a flood must not reach the store
+                return
         else:
             self._count(port, message, result.reason)
             c = result.client

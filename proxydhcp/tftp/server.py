@@ -60,6 +60,43 @@ def _count_outcome(outcome: str) -> None:
     c.inc()
 
 
+# Datagrams that start or move no transfer (proxydhcp_tftp_packets_dropped_total), by where
+# they arrived and why; refused requests are counted by outcome in TFTP_TRANSFERS instead.
+REQUEST, TRANSFER = "request", "transfer"
+MALFORMED = "malformed"                  # not a TFTP packet (pk.decode refused it)
+NOT_REQUEST = "not_request"              # DATA/ACK/ERROR/OACK on the request port
+DUPLICATE_REQUEST = "duplicate_request"  # the client repeated its RRQ: same transfer
+UNKNOWN_TID = "unknown_tid"              # from another address/port than the transfer's client
+ILLEGAL_OPERATION = "illegal_operation"  # a request or DATA from the client during its read transfer
+INTERNAL_ERROR = "internal_error"        # handling raised (logged with its traceback)
+DROP_REASONS = {REQUEST: (MALFORMED, NOT_REQUEST, DUPLICATE_REQUEST, INTERNAL_ERROR),
+                TRANSFER: (MALFORMED, UNKNOWN_TID, ILLEGAL_OPERATION)}
+_drop_counters: dict = {}
+
+
+def _count_drop(port: str, reason: str) -> None:
+    c = _drop_counters.get((port, reason))
+    if c is None:
+        c = _drop_counters[(port, reason)] = metrics.TFTP_DROPPED.labels(port, reason)
+    c.inc()
+
+
+for _port, _reasons in DROP_REASONS.items():     # every series at 0 before it moves
+    for _reason in _reasons:
+        metrics.TFTP_DROPPED.labels(_port, _reason)
+
+
+def _count_not_ack(data: bytes) -> None:
+    """A datagram from the client that is not an ACK (the slow path only)."""
+    try:
+        p = pk.decode(data)
+    except pk.TFTPPacketError:
+        _count_drop(TRANSFER, MALFORMED)
+        return
+    if not isinstance(p, pk.Error):
+        _count_drop(TRANSFER, ILLEGAL_OPERATION)
+
+
 def _observe_duration(label: str, seconds: float) -> None:
     h = _duration_hists.get(label)
     if h is None:
@@ -94,6 +131,7 @@ class _Listener:
             try:
                 handle(data, addr, local, ifindex)
             except Exception:  # one bad request must never stop the listener
+                _count_drop(REQUEST, INTERNAL_ERROR)
                 log.exception("tftp: request from %s:%s failed", *addr)
 
     def connectionLost(self, reason) -> None:
@@ -140,8 +178,11 @@ class _Session:
             self.service._end(self, ABORTED, f"receive failed: {exc.strerror}")
             return
         if addr != self.peer:
+            _count_drop(TRANSFER, UNKNOWN_TID)
             self._stray(addr)
             return
+        if not (len(data) >= 4 and data[1] == 4 and data[0] == 0):
+            _count_not_ack(data)
         transfer = self.transfer
         out = transfer.receive(data, now)
         if out:
@@ -297,20 +338,31 @@ class TFTPService(Service):
             self._transfers.close()
             self._transfers = None
 
+    def stop_accepting(self) -> None:
+        """Graceful stop: close the request port; running transfers go on (self.sessions)
+        until they end or stopService aborts them."""
+        if self._listener is not None:
+            self.reactor.removeReader(self._listener)
+            self._listener.sock.close()
+            self._listener = None
+
     # -- requests ----------------------------------------------------------------------------
     def _on_request(self, data: bytes, addr, local: str | None, ifindex: int) -> None:
         try:
             req = pk.decode(data)
         except pk.TFTPPacketError as exc:
+            _count_drop(REQUEST, MALFORMED)
             self._reply(pk.encode_error(pk.ERR_ILLEGAL, f"malformed request: {exc}"), addr, local, ifindex)
             return
         if not isinstance(req, pk.Request):
+            _count_drop(REQUEST, NOT_REQUEST)
             return          # a DATA/ACK/ERROR on the request port: nobody's transfer, ignore
         key = (addr[0], addr[1], req.filename)
         existing = self._by_key.get(key)
         if existing is not None and not existing.ended:
             if not existing.transfer.progressed:
                 self.deduplicated += 1          # the client repeated its RRQ: same transfer
+                _count_drop(REQUEST, DUPLICATE_REQUEST)
                 return
             existing.transfer.abort(ABORTED, time.monotonic(), "the client asked for the file again")
             self._end(existing)
