@@ -33,6 +33,14 @@ def explain(cfg: Config, m: Machine, server: str, ask_api: bool = True) -> tuple
            f"group:   {d.group_name or '(none)'}",
            f"profile: {d.profile}" + (" (no profile applies)" if d.profile == BUILTIN else "")]
     out += [f"  why: {line}" for line in d.why]
+    if cfg.dhcp.known_machines_only:
+        from proxydhcp.responder import UNKNOWN_MACHINE, known_group
+        known = known_group(cfg, m.mac, m.uuid, m.arch, m.interface, m.ip, m.vendor_class)
+        if known is None:
+            out.append(f"dhcp:    no reply at all: dhcp.known_machines_only is on and no group matches this "
+                       f"machine (firmware and user_class selectors aside); silence reason {UNKNOWN_MACHINE}")
+            return out, "# none: proxydhcp does not answer this machine (dhcp.known_machines_only)\n"
+        out.append(f"dhcp:    answered: known through group {known.name!r} (dhcp.known_machines_only)")
     for g, why in d.also_matched:
         out.append(f"  less specific, also matched: {g.name!r} ({g.describe()})")
     for g in pol.groups:
