@@ -2,22 +2,30 @@
 """TFTP benchmark: proxydhcp's TFTP service beside tftpd-hpa and dnsmasq's TFTP.
 
 Run as root from the project root:  .venv/bin/python bench/tftp_bench.py
-(--servers proxydhcp,tftpd-hpa,dnsmasq --storm 500 --concurrency 100 --clients 100)
+(--servers proxydhcp,tftpd-hpa,dnsmasq --repeat 3 --clients 100 --cases all)
 
-It makes two network namespaces joined by veth through a bridge (tests/netlab.Lab):
-the server side (10.77.9.2) and the client side, which holds --clients addresses
-(10.77.9.10...) so a storm looks like a rack of machines, not one host. Each server runs
-alone in turn, bound to 10.77.9.2:69 in its namespace, and is measured with the same client
-(this file's `client` and `storm` subcommands, run in the client namespace):
+It makes two network namespaces joined by veth through a bridge (tests/netlab.Lab): the
+server side, where each server listens on port 69 of its own address (proxydhcp 10.77.9.2,
+tftpd-hpa 10.77.9.3, dnsmasq 10.77.9.4; all three run for the whole bench, pinned to CPU 0),
+and the client side, which holds --clients addresses (10.77.9.10...) so a storm looks like
+a rack of machines, not one host. The bench's own client (this file's `client` and `storm`
+subcommands) runs in the client namespace, pinned to CPU 1. Cases:
 
-- one 32 MiB transfer lock-step at blksize 1468, at blksize 512 (65537 blocks: rollover),
-  and at blksize 1468 with windowsize 16 (a server without windowsize falls back to
-  lock-step: the negotiated window is printed);
-- a storm: --storm transfers of ipxe.efi, --concurrency at a time, each from a new port
-  of one of the client addresses, iPXE-style (blksize 1432, tsize 0): failures, total time,
-  aggregate throughput, p50/p95 per transfer; every received file is CRC-checked;
-- peak RSS of the server, summed over its processes (tftpd-hpa forks per transfer),
-  sampled every 20 ms.
+- lockstep_1468, lockstep_512: one 32 MiB transfer lock-step at blksize 1468, and at 512
+  (65537 blocks: rollover); window16: blksize 1468 with windowsize 16 (a server without
+  windowsize falls back to lock-step: the negotiated window is printed);
+- storm200_c50, storm200_c200: 200 transfers of ipxe.efi, 50 (200) at a time, each from a
+  new port of one of the client addresses, iPXE-style (blksize 1432, tsize 0);
+- edk2: 200 EDK2-style boots, 50 at a time: RRQ tsize=0 blksize=1468 windowsize=4, ERROR 8
+  after the OACK, then a second RRQ blksize=1468 windowsize=4 from a new port for the file
+  (../shared/captures/ovmf-edk2-pxe-then-ipxe-efi.txt); timed from the probe to the last block.
+
+Every received file is CRC-checked and its size compared (a wrong byte is a failure). Each
+case runs --repeat times; the rounds interleave the servers (round 1: every case on every
+server, then round 2, ...), so a burst of load from elsewhere on the machine hits all of them
+alike. Per case it prints each server's median and best throughput over the rounds, the
+failures summed over all rounds, and proxydhcp / best peer (by median, and by best).
+Peak RSS is summed over each server's processes (tftpd-hpa forks per transfer).
 
 Everything it starts is killed by PID and the namespaces are deleted at the end. No
 traffic leaves the namespaces. Prints figures; asserts nothing.
@@ -43,11 +51,21 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PROJECT = os.path.dirname(HERE)
 sys.path.insert(0, PROJECT)
 
-SERVER_IP = "10.77.9.2"
+SERVER_IPS = {"proxydhcp": "10.77.9.2", "tftpd-hpa": "10.77.9.3", "dnsmasq": "10.77.9.4"}
 CLIENT_BASE = "10.77.9."
 BIG = "big.bin"
 BIG_SIZE = 32 * 1024 * 1024
 STORM_FILE = "ipxe.efi"
+
+# name -> (kind, parameters)
+CASES = {
+    "lockstep_1468": ("single", {"blksize": 1468, "window": 1}),
+    "lockstep_512": ("single", {"blksize": 512, "window": 1}),
+    "window16": ("single", {"blksize": 1468, "window": 16}),
+    "storm200_c50": ("storm", {"n": 200, "concurrency": 50, "style": "ipxe"}),
+    "storm200_c200": ("storm", {"n": 200, "concurrency": 200, "style": "ipxe"}),
+    "edk2": ("storm", {"n": 200, "concurrency": 50, "style": "edk2"}),
+}
 
 
 # -- the load client (runs inside the client namespace) -----------------------------------
@@ -59,6 +77,14 @@ def _ack(n: int) -> bytes:
 def _rrq(name: str, opts: dict) -> bytes:
     return (b"\x00\x01" + name.encode() + b"\x00octet\x00"
             + b"".join(f"{k}\x00{v}\x00".encode() for k, v in opts.items()))
+
+
+def _oack(d: bytes) -> dict:
+    f = d[2:-1].split(b"\x00")
+    return {f[i].decode().lower(): f[i + 1].decode() for i in range(0, len(f) - 1, 2)}
+
+
+ERROR8 = b"\x00\x05\x00\x08User aborted the transfer\x00"     # EDK2's words (captures)
 
 
 def fetch_one(server: str, name: str, blksize: int, window: int, source: str = "0.0.0.0",
@@ -81,96 +107,118 @@ def fetch_one(server: str, name: str, blksize: int, window: int, source: str = "
     last_sent = rrq
     misses = 0
     negotiated = {"blksize": 512, "windowsize": 1}
-    while True:
-        try:
-            d, addr = s.recvfrom(70000)
-        except socket.timeout:
-            misses += 1
-            if misses > retries:
-                return {"ok": False, "error": "timeout", "bytes": total}
-            s.sendto(last_sent, peer or (server, 69))
-            continue
-        if peer is None:
-            peer = addr
-        elif addr != peer:
-            continue
-        op = d[1]
-        if op == 6:
-            f = d[2:-1].split(b"\x00")
-            o = {f[i].decode().lower(): f[i + 1].decode() for i in range(0, len(f) - 1, 2)}
-            negotiated = {"blksize": int(o.get("blksize", 512)), "windowsize": int(o.get("windowsize", 1))}
-            blksize, window = negotiated["blksize"], negotiated["windowsize"]
-            last_sent = _ack(0)
-            s.sendto(last_sent, peer)
-            continue
-        if op == 5:
-            return {"ok": False, "error": d[4:-1].decode(errors="replace"), "bytes": total}
-        if op != 3:
-            continue
-        misses = 0
-        block = (d[2] << 8) | d[3]
-        if block == expected & 0xFFFF:
-            payload = d[4:]
-            crc = zlib.crc32(payload, crc)
-            total += len(payload)
-            expected += 1
-            in_window += 1
-            last = len(payload) < blksize
-            if last or in_window >= window:
+    try:
+        while True:
+            try:
+                d, addr = s.recvfrom(70000)
+            except socket.timeout:
+                misses += 1
+                if misses > retries:
+                    return {"ok": False, "error": "timeout", "bytes": total}
+                s.sendto(last_sent, peer or (server, 69))
+                continue
+            if peer is None:
+                peer = addr
+            elif addr != peer:
+                continue
+            op = d[1]
+            if op == 6:
+                o = _oack(d)
+                negotiated = {"blksize": int(o.get("blksize", 512)), "windowsize": int(o.get("windowsize", 1))}
+                blksize, window = negotiated["blksize"], negotiated["windowsize"]
+                last_sent = _ack(0)
+                s.sendto(last_sent, peer)
+                continue
+            if op == 5:
+                return {"ok": False, "error": d[4:-1].decode(errors="replace"), "bytes": total}
+            if op != 3:
+                continue
+            misses = 0
+            block = (d[2] << 8) | d[3]
+            if block == expected & 0xFFFF:
+                payload = d[4:]
+                crc = zlib.crc32(payload, crc)
+                total += len(payload)
+                expected += 1
+                in_window += 1
+                last = len(payload) < blksize
+                if last or in_window >= window:
+                    in_window = 0
+                    last_sent = _ack(expected - 1)
+                    s.sendto(last_sent, peer)
+                if last:
+                    dt = time.perf_counter() - t0
+                    return {"ok": True, "bytes": total, "crc": crc, "seconds": dt, **negotiated}
+            else:
                 in_window = 0
                 last_sent = _ack(expected - 1)
                 s.sendto(last_sent, peer)
-            if last:
-                dt = time.perf_counter() - t0
-                s.close()
-                return {"ok": True, "bytes": total, "crc": crc, "seconds": dt, **negotiated}
-        else:
-            in_window = 0
-            last_sent = _ack(expected - 1)
-            s.sendto(last_sent, peer)
+    finally:
+        s.close()
 
 
 class _Slot:
-    __slots__ = ("sock", "peer", "expected", "total", "crc", "t0", "last", "sent_at", "misses", "blksize")
+    __slots__ = ("sock", "src", "peer", "phase", "tsize", "expected", "in_window", "total", "crc", "t0",
+                 "last", "sent_at", "misses", "blksize", "window")
 
 
-def storm(server: str, name: str, n: int, concurrency: int, sources: list[str], blksize: int = 1432,
+def storm(server: str, name: str, n: int, concurrency: int, sources: list[str], style: str = "ipxe",
+          expect_size: int | None = None, expect_crc: int | None = None,
           rto: float = 1.0, max_misses: int = 8) -> dict:
-    """n transfers, `concurrency` at a time, one epoll loop; iPXE-style lock-step."""
+    """n transfers, `concurrency` at a time, one epoll loop.
+    style ipxe: RRQ blksize=1432 tsize=0, lock-step.
+    style edk2: RRQ tsize=0 blksize=1468 windowsize=4, ERROR 8 after the OACK, then from a new
+    port RRQ blksize=1468 windowsize=4 and the transfer (ACK per window, RFC 7440)."""
     ep = select.epoll()
     slots: dict[int, _Slot] = {}
-    started = done = 0
-    durations, failures, sizes, crcs = [], [], set(), set()
+    started = 0
+    durations, failures = [], []
     ok_bytes = 0
-    rrq = _rrq(name, {"blksize": str(blksize), "tsize": "0"})
+    if style == "edk2":
+        first = _rrq(name, {"tsize": "0", "blksize": "1468", "windowsize": "4"})
+        second = _rrq(name, {"blksize": "1468", "windowsize": "4"})
+    else:
+        first = second = _rrq(name, {"blksize": "1432", "tsize": "0"})
     t_start = time.perf_counter()
 
-    def launch():
-        nonlocal started
-        sl = _Slot()
+    def open_sock(sl, rrq):
         sl.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sl.sock.bind((sources[started % len(sources)], 0))
+        sl.sock.bind((sl.src, 0))
         sl.sock.setblocking(False)
-        sl.peer, sl.expected, sl.total, sl.crc, sl.misses, sl.blksize = None, 1, 0, 0, 0, blksize
-        sl.t0 = sl.sent_at = time.perf_counter()
+        sl.peer, sl.expected, sl.in_window, sl.total, sl.crc, sl.misses = None, 1, 0, 0, 0, 0
+        sl.blksize, sl.window = 512, 1
         sl.last = rrq
+        sl.sent_at = time.perf_counter()
         sl.sock.sendto(rrq, (server, 69))
         fd = sl.sock.fileno()
         slots[fd] = sl
         ep.register(fd, select.EPOLLIN)
-        started += 1
 
-    def finish(fd, sl, ok, why=""):
-        nonlocal done, ok_bytes
+    def close_sock(fd, sl):
         ep.unregister(fd)
         sl.sock.close()
         del slots[fd]
-        done += 1
+
+    def launch():
+        nonlocal started
+        sl = _Slot()
+        sl.src = sources[started % len(sources)]
+        sl.phase = "probe" if style == "edk2" else "xfer"
+        sl.tsize = None
+        sl.t0 = time.perf_counter()
+        started += 1
+        open_sock(sl, first)
+
+    def finish(fd, sl, ok, why=""):
+        nonlocal ok_bytes
+        close_sock(fd, sl)
+        if ok and expect_size is not None and (sl.total != expect_size or sl.crc != expect_crc):
+            ok, why = False, f"wrong bytes ({sl.total} bytes)"
+        if ok and sl.tsize is not None and sl.tsize != sl.total:
+            ok, why = False, f"tsize {sl.tsize} but {sl.total} bytes"
         if ok:
             durations.append(time.perf_counter() - sl.t0)
-            sizes.add(sl.total)
             ok_bytes += sl.total
-            crcs.add(sl.crc)
         else:
             failures.append(why)
         if started < n:
@@ -199,28 +247,44 @@ def storm(server: str, name: str, n: int, concurrency: int, sources: list[str], 
                     continue
                 op = d[1]
                 sl.misses = 0
-                if op == 3:
+                if op == 3 and sl.phase == "xfer":
                     block = (d[2] << 8) | d[3]
+                    last = False
                     if block == sl.expected & 0xFFFF:
                         payload = d[4:]
                         sl.crc = zlib.crc32(payload, sl.crc)
                         sl.total += len(payload)
                         sl.expected += 1
+                        sl.in_window += 1
+                        last = len(payload) < sl.blksize
+                        if not last and sl.in_window < sl.window:
+                            continue
+                    sl.in_window = 0
                     sl.last = _ack(sl.expected - 1)
                     sl.sent_at = time.perf_counter()
                     sock.sendto(sl.last, sl.peer)
-                    if block == (sl.expected - 1) & 0xFFFF and len(d) - 4 < sl.blksize:
+                    if last:
                         finish(fd, sl, True)
                         break
+                elif op == 6 and sl.phase == "probe":
+                    sl.tsize = int(_oack(d).get("tsize", -1))
+                    sock.sendto(ERROR8, sl.peer)
+                    close_sock(fd, sl)
+                    sl.phase = "xfer"
+                    open_sock(sl, second)
+                    break
                 elif op == 6:
-                    f = d[2:-1].split(b"\x00")
-                    o = {f[i].decode().lower(): f[i + 1].decode() for i in range(0, len(f) - 1, 2)}
+                    o = _oack(d)
                     sl.blksize = int(o.get("blksize", 512))
+                    sl.window = int(o.get("windowsize", 1))
                     sl.last = _ack(0)
                     sl.sent_at = time.perf_counter()
                     sock.sendto(sl.last, sl.peer)
                 elif op == 5:
                     finish(fd, sl, False, d[4:-1].decode(errors="replace"))
+                    break
+                else:
+                    finish(fd, sl, False, f"unexpected opcode {op} in phase {sl.phase}")
                     break
         now = time.perf_counter()
         if now - last_sweep > 0.1:
@@ -235,9 +299,8 @@ def storm(server: str, name: str, n: int, concurrency: int, sources: list[str], 
                     sl.sock.sendto(sl.last, sl.peer or (server, 69))
     total = time.perf_counter() - t_start
     ds = sorted(durations)
-    return {"transfers": n, "ok": len(ds), "failures": len(failures), "failure_reasons": sorted(set(failures))[:5],
-            "seconds": total, "bytes": ok_bytes,
-            "distinct_sizes": len(sizes), "distinct_crcs": len(crcs),
+    return {"ok": not failures, "transfers": n, "done": len(ds), "failures": len(failures),
+            "failure_reasons": sorted(set(failures))[:5], "seconds": total, "bytes": ok_bytes,
             "p50": statistics.median(ds) if ds else None,
             "p95": ds[int(0.95 * (len(ds) - 1))] if ds else None}
 
@@ -245,51 +308,43 @@ def storm(server: str, name: str, n: int, concurrency: int, sources: list[str], 
 def _client_main(argv) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("mode", choices=["client", "storm"])
-    p.add_argument("--server", default=SERVER_IP)
+    p.add_argument("--server", required=True)
     p.add_argument("--file", default=BIG)
     p.add_argument("--blksize", type=int, default=1468)
     p.add_argument("--window", type=int, default=1)
-    p.add_argument("--n", type=int, default=500)
-    p.add_argument("--concurrency", type=int, default=100)
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--concurrency", type=int, default=50)
+    p.add_argument("--style", choices=["ipxe", "edk2"], default="ipxe")
     p.add_argument("--sources", default="0.0.0.0")
+    p.add_argument("--expect-size", type=int)
+    p.add_argument("--expect-crc", type=int)
     a = p.parse_args(argv)
     if a.mode == "client":
         print(json.dumps(fetch_one(a.server, a.file, a.blksize, a.window)))
     else:
-        print(json.dumps(storm(a.server, a.file, a.n, a.concurrency, a.sources.split(","), a.blksize)))
+        print(json.dumps(storm(a.server, a.file, a.n, a.concurrency, a.sources.split(","), a.style,
+                               a.expect_size, a.expect_crc)))
 
 
 # -- orchestration (root namespace) ---------------------------------------------------------
 
-def _children(pid: int) -> list[int]:
-    out = []
+def _proc_parents() -> dict[int, int]:
+    parents = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid:
-                out.append(int(entry))
-        except (OSError, IndexError, ValueError):
-            pass
-    return out
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    parents[int(entry)] = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    return parents
 
 
-def _tree(pid: int) -> list[int]:
-    pids, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        pids.append(p)
-        todo.extend(_children(p))
-    return pids
-
-
-def _rss_kb(pid: int) -> int:
+def _rss_kb(pid: int, field: str = "VmRSS:") -> int:
     try:
         with open(f"/proc/{pid}/status") as fh:
             for line in fh:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field):
                     return int(line.split()[1])
     except OSError:
         pass
@@ -297,149 +352,154 @@ def _rss_kb(pid: int) -> int:
 
 
 class RSSSampler(threading.Thread):
-    """Peak of the summed RSS of a process and its descendants."""
+    """Peak of the summed RSS of each server and its descendants (one /proc pass per sample)."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pids: dict[str, int], interval: float = 0.2) -> None:
         super().__init__(daemon=True)
-        self.pid, self.peak_kb, self.max_procs, self.stop_flag, self.seen = pid, 0, 0, False, set()
+        self.pids, self.interval, self.stop_flag = pids, interval, False
+        self.peak_kb = {k: 0 for k in pids}
+        self.max_procs = {k: 0 for k in pids}
+        self.seen: dict[str, set] = {k: set() for k in pids}
 
     def run(self) -> None:
         while not self.stop_flag:
-            pids = _tree(self.pid)
-            self.seen.update(pids)
-            self.max_procs = max(self.max_procs, len(pids))
-            self.peak_kb = max(self.peak_kb, sum(_rss_kb(p) for p in pids))
-            time.sleep(0.02)
+            children: dict[int, list[int]] = {}
+            for pid, ppid in _proc_parents().items():
+                children.setdefault(ppid, []).append(pid)
+            for kind, root in self.pids.items():
+                tree, todo = [], [root]
+                while todo:
+                    p = todo.pop()
+                    tree.append(p)
+                    todo.extend(children.get(p, ()))
+                self.seen[kind].update(tree)
+                self.max_procs[kind] = max(self.max_procs[kind], len(tree))
+                # the main process's own high-water mark catches a peak between two samples
+                self.peak_kb[kind] = max(self.peak_kb[kind], sum(_rss_kb(p) for p in tree),
+                                         _rss_kb(root, "VmHWM:"))
+            time.sleep(self.interval)
 
 
 def _server_argv(kind: str, root: str, workdir: str) -> list[str]:
+    ip = SERVER_IPS[kind]
     if kind == "proxydhcp":
         cfg = os.path.join(workdir, "proxydhcp.yaml")
         with open(cfg, "w") as fh:
             fh.write(f"tftp: {{root: {root}, port: 69}}\nboot: {{firmware: {{x64-uefi: ipxe.efi}}}}\n"
                      f"log: {{level: warning}}\n")
-        return [sys.executable, "-m", "proxydhcp.tftp", "-c", cfg, "--address", SERVER_IP]
+        return [sys.executable, "-m", "proxydhcp.tftp", "-c", cfg, "--address", ip]
     if kind == "tftpd-hpa":
-        return ["in.tftpd", "--foreground", "--secure", "--address", f"{SERVER_IP}:69", root]
+        return ["in.tftpd", "--foreground", "--secure", "--address", f"{ip}:69", root]
     if kind == "dnsmasq":
         return ["dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0", "--enable-tftp",
-                f"--tftp-root={root}", f"--listen-address={SERVER_IP}", "--bind-interfaces", "--user=root",
+                f"--tftp-root={root}", f"--listen-address={ip}", "--bind-interfaces", "--user=root",
                 "--tftp-max=1000", f"--pid-file={workdir}/dnsmasq.pid", "--log-facility=/dev/null"]
     raise ValueError(kind)
 
 
 def _pin(cpu: int) -> list[str]:
-    """taskset prefix: server on CPU 0, client on CPU 1, the same for every server, so a
+    """taskset prefix: servers on CPU 0, client on CPU 1, the same for every server, so a
     lock-step figure does not depend on where the scheduler happened to put the two."""
     if (os.cpu_count() or 1) >= 2 and shutil.which("taskset"):
         return ["taskset", "-c", str(cpu)]
     return []
 
 
-def _run_client(lab, ns: str, *args: str, timeout: float = 600) -> dict:
-    out = subprocess.run(["ip", "netns", "exec", ns, *_pin(1), sys.executable, os.path.abspath(__file__), *args],
-                         capture_output=True, text=True, timeout=timeout, cwd=PROJECT)
+def _run_client(ns: str, *args: str, timeout: float = 300) -> dict:
+    try:
+        out = subprocess.run(["ip", "netns", "exec", ns, *_pin(1), sys.executable, os.path.abspath(__file__), *args],
+                             capture_output=True, text=True, timeout=timeout, cwd=PROJECT)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"client ran over {timeout} s"}
     if out.returncode != 0:
         return {"ok": False, "error": out.stderr.strip()[-300:]}
     return json.loads(out.stdout)
 
 
-def bench_server(kind: str, lab, srv_ns: str, cli_ns: str, root: str, workdir: str, args) -> dict:
-    log = open(os.path.join(workdir, f"{kind}.log"), "w")
-    proc = lab.spawn(srv_ns, *_pin(0), *_server_argv(kind, root, workdir), stdout=log, stderr=subprocess.STDOUT,
-                     cwd=PROJECT)
-    sampler = RSSSampler(proc.pid)
-    sampler.start()
-    result: dict = {"server": kind}
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            probe = _run_client(lab, cli_ns, "client", "--file", STORM_FILE, "--blksize", "1432")
-            if probe.get("ok") or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        if not probe.get("ok"):
-            result["error"] = f"server not answering: {probe}"
-            return result
-        for label, bs, win in (("lockstep_1468", 1468, 1), ("lockstep_512", 512, 1), ("window16_1468", 1468, 16)):
-            runs = []
-            for _ in range(args.repeat):
-                r = _run_client(lab, cli_ns, "client", "--file", BIG, "--blksize", str(bs), "--window", str(win))
-                if r.get("ok") and (r["bytes"] != BIG_SIZE or r["crc"] != args.big_crc):
-                    r = {"ok": False, "error": "wrong bytes"}
-                runs.append(r)
-            good = sorted((r for r in runs if r.get("ok")), key=lambda r: r["seconds"])
-            result[label] = good[len(good) // 2] if len(good) == len(runs) else next(r for r in runs if not r.get("ok"))
-        sources = ",".join(f"{CLIENT_BASE}{10 + i}" for i in range(args.clients))
-        result["storm"] = _run_client(lab, cli_ns, "storm", "--file", STORM_FILE, "--n", str(args.storm),
-                                      "--concurrency", str(args.concurrency), "--sources", sources)
-        s = result["storm"]
-        if "distinct_crcs" in s and s["ok"] and (s["distinct_crcs"] != 1 or s["distinct_sizes"] != 1):
-            s["failures"] = s.get("failures", 0) + s["ok"]
-            s["failure_reasons"] = ["corrupted files"]
-        time.sleep(0.3)
-    finally:
-        sampler.stop_flag = True
-        sampler.join()
-        result["peak_rss_mb"] = sampler.peak_kb / 1024
-        result["max_procs"] = sampler.max_procs
-        lab.stop(proc)
-        for pid in sampler.seen - {proc.pid}:       # forked children we started, by PID
-            try:
-                os.kill(pid, 15)
-            except ProcessLookupError:
-                pass
-        log.close()
-    return result
+def run_case(case: str, kind: str, cli_ns: str, args) -> dict:
+    what, prm = CASES[case]
+    server = SERVER_IPS[kind]
+    if what == "single":
+        r = _run_client(cli_ns, "client", "--server", server, "--file", BIG,
+                        "--blksize", str(prm["blksize"]), "--window", str(prm["window"]))
+        if r.get("ok") and (r["bytes"] != BIG_SIZE or r["crc"] != args.big_crc):
+            r = {"ok": False, "error": f"wrong bytes ({r['bytes']} bytes)"}
+        r["failures"] = 0 if r.get("ok") else 1
+        return r
+    sources = ",".join(f"{CLIENT_BASE}{10 + i}" for i in range(args.clients))
+    r = _run_client(cli_ns, "storm", "--server", server, "--file", STORM_FILE, "--n", str(prm["n"]),
+                    "--concurrency", str(prm["concurrency"]), "--style", prm["style"], "--sources", sources,
+                    "--expect-size", str(args.storm_size), "--expect-crc", str(args.storm_crc))
+    r.setdefault("failures", prm["n"])
+    return r
 
 
-def _mbps(r: dict) -> str:
-    if not r or not r.get("ok"):
-        return f"FAILED ({(r or {}).get('error', '?')})"
-    return f"{r['bytes'] / r['seconds'] / 1e6:7.1f} MB/s  ({r['seconds']:.2f} s, blksize {r['blksize']}, window {r['windowsize']})"
+def _rate(r: dict) -> float | None:
+    """MB/s of one run, counted only if it had no failure."""
+    if not r or r.get("failures") or not r.get("seconds"):
+        return None
+    return r["bytes"] / r["seconds"] / 1e6
 
 
-def report(results: list[dict], args) -> None:
+def _describe(r: dict) -> str:
+    if "p50" in r:
+        s = f"{r['seconds']:.2f} s, p50 {r['p50']:.3f} s, p95 {r['p95']:.3f} s" if r.get("p50") is not None else ""
+    else:
+        s = f"{r['seconds']:.2f} s, blksize {r['blksize']}, window {r['windowsize']}" if r.get("ok") else ""
+    if r.get("failures"):
+        s += f"  FAILED: {r.get('failure_reasons') or r.get('error')}"
+    return s
+
+
+def summarise(results: dict, kinds: list[str], cases: list[str]) -> dict:
+    out = {}
+    for case in cases:
+        row = {}
+        for kind in kinds:
+            runs = results[kind][case]
+            rates = [x for x in (_rate(r) for r in runs) if x is not None]
+            row[kind] = {"median": statistics.median(rates) if rates else None,
+                         "best": max(rates) if rates else None,
+                         "failures": sum(r.get("failures", 0) for r in runs), "runs": len(runs)}
+        out[case] = row
+    return out
+
+
+def report(results: dict, summary: dict, kinds: list[str], cases: list[str], args, sampler) -> None:
     print()
-    print(f"TFTP benchmark over veth between namespaces ({os.cpu_count()} CPUs); client: bench/tftp_bench.py")
-    for r in results:
-        print(f"\n== {r['server']}")
-        if "error" in r:
-            print(f"  {r['error']}")
-            continue
-        print(f"  (single transfers: median of {args.repeat} runs)")
-        print(f"  32 MiB lock-step blksize 1468 : {_mbps(r.get('lockstep_1468'))}")
-        print(f"  32 MiB lock-step blksize 512  : {_mbps(r.get('lockstep_512'))}")
-        print(f"  32 MiB blksize 1468 window 16 : {_mbps(r.get('window16_1468'))}")
-        s = r.get("storm") or {}
-        if "seconds" in s:
-            print(f"  storm {s['transfers']} x {STORM_FILE}, {args.concurrency} concurrent from {args.clients} addresses: "
-                  f"{s['failures']} failures, {s['seconds']:.2f} s, {s['bytes'] / s['seconds'] / 1e6:.1f} MB/s aggregate, "
-                  f"p50 {s['p50']:.3f} s, p95 {s['p95']:.3f} s"
-                  + (f"  reasons: {s['failure_reasons']}" if s['failures'] else ""))
-        else:
-            print(f"  storm: FAILED {s}")
-        print(f"  peak RSS {r['peak_rss_mb']:.1f} MB (summed over up to {r['max_procs']} processes)")
-    by = {r["server"]: r for r in results}
-    me, hpa = by.get("proxydhcp"), by.get("tftpd-hpa")
-
-    def rate(r, key):
-        x = (r or {}).get(key) or {}
-        return x["bytes"] / x["seconds"] if x.get("ok") else None
-    if me and hpa:
-        print("\n== targets (proxydhcp vs tftpd-hpa)")
-        for key in ("lockstep_1468", "lockstep_512"):
-            a, b = rate(me, key), rate(hpa, key)
-            if a and b:
-                print(f"  {key}: {a / b:.2f}x tftpd-hpa (target >= 1.0x)")
-        a, b = rate(me, "window16_1468"), rate(hpa, "lockstep_1468")
-        if a and b:
-            print(f"  window16 vs tftpd-hpa lock-step 1468: {a / b:.2f}x (target >= 2x)")
-        sm, sh = me.get("storm") or {}, hpa.get("storm") or {}
-        if "seconds" in sm and "seconds" in sh:
-            print(f"  storm: {sm['failures']} failures (target 0); aggregate "
-                  f"{(sm['bytes'] / sm['seconds']) / (sh['bytes'] / sh['seconds']):.2f}x tftpd-hpa (target >= 1.0x)")
-        print(f"  peak RSS {me['peak_rss_mb']:.1f} MB (target < 150 MB)")
+    print(f"TFTP benchmark over veth between namespaces ({os.cpu_count()} CPUs), {args.repeat} rounds, "
+          f"servers interleaved; MB/s of file bytes; median / best over the rounds")
+    peers = [k for k in kinds if k != "proxydhcp"]
+    for case in cases:
+        what, prm = CASES[case]
+        title = {"single": f"one 32 MiB transfer, blksize {prm.get('blksize')}, windowsize {prm.get('window')}",
+                 "storm": f"{prm.get('n')} x {STORM_FILE}, {prm.get('concurrency')} concurrent, {prm.get('style')}-style, "
+                          f"from {args.clients} addresses"}[what]
+        print(f"\n== {case}: {title}")
+        row = summary[case]
+        for kind in kinds:
+            s = row[kind]
+            fig = (f"{s['median']:7.1f} / {s['best']:7.1f} MB/s" if s["median"] is not None else "     no good run     ")
+            runs = results[kind][case]
+            detail = _describe(sorted(runs, key=lambda r: _rate(r) or 0)[len(runs) // 2]) if runs else ""
+            print(f"  {kind:10s} {fig}   failures {s['failures']}/{s['runs']} runs   [median run: {detail}]")
+        me = row.get("proxydhcp")
+        if me and peers:
+            parts = []
+            for stat in ("median", "best"):
+                cands = [(row[p][stat], p) for p in peers if row[p][stat] is not None]
+                if me[stat] is not None and cands:
+                    v, p = max(cands)
+                    parts.append(f"{stat} {me[stat] / v:.2f}x ({p})")
+            verdict = ""
+            if parts:
+                best_peer = max((row[p]["median"] or 0) for p in peers)
+                ok = me["failures"] == 0 and me["median"] is not None and me["median"] >= best_peer
+                verdict = "  target >= 1.0x, 0 failures: " + ("MET" if ok else "NOT MET")
+            print(f"  proxydhcp / best peer: {', '.join(parts) or 'n/a'}{verdict}")
+    print("\n== peak RSS (summed over each server's processes)")
+    for kind in kinds:
+        print(f"  {kind:10s} {sampler.peak_kb[kind] / 1024:6.1f} MB  (up to {sampler.max_procs[kind]} processes)")
 
 
 def main() -> int:
@@ -448,17 +508,23 @@ def main() -> int:
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--servers", default="proxydhcp,tftpd-hpa,dnsmasq")
-    p.add_argument("--storm", type=int, default=500)
-    p.add_argument("--concurrency", type=int, default=100)
-    p.add_argument("--clients", type=int, default=100, help="client addresses the storm comes from")
-    p.add_argument("--repeat", type=int, default=3, help="runs of each single transfer (the median is shown)")
+    p.add_argument("--cases", default="all", help=f"comma-separated, from: {', '.join(CASES)}")
+    p.add_argument("--clients", type=int, default=100, help="client addresses the storms come from")
+    p.add_argument("--repeat", type=int, default=3, help="rounds (each case on each server once per round)")
     p.add_argument("--json", action="store_true", help="also print the raw results as JSON")
     args = p.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2
     from tests.netlab import Lab
+    if (os.cpu_count() or 1) >= 2:
+        os.sched_setaffinity(0, {1})    # the RSS sampler and this loop stay off the servers' CPU
     kinds = [k for k in args.servers.split(",") if k]
+    cases = list(CASES) if args.cases == "all" else [c for c in args.cases.split(",") if c]
+    unknown = [k for k in kinds if k not in SERVER_IPS] + [c for c in cases if c not in CASES]
+    if unknown:
+        print(f"unknown server or case: {unknown}", file=sys.stderr)
+        return 2
     missing = [k for k, exe in (("tftpd-hpa", "in.tftpd"), ("dnsmasq", "dnsmasq")) if k in kinds and not shutil.which(exe)]
     if missing:
         print(f"not installed: {missing}", file=sys.stderr)
@@ -474,25 +540,71 @@ def main() -> int:
         fh.write(big)
     del big
     src = "/boot/ipxe.efi" if os.path.exists("/boot/ipxe.efi") else None
+    storm_data = open(src, "rb").read() if src else os.urandom(850528)
+    args.storm_size, args.storm_crc = len(storm_data), zlib.crc32(storm_data)
     with open(os.path.join(root, STORM_FILE), "wb") as fh:
-        fh.write(open(src, "rb").read() if src else os.urandom(850528))
+        fh.write(storm_data)
     for f in os.listdir(root):
         os.chmod(os.path.join(root, f), 0o644)
-    results = []
+    results = {k: {c: [] for c in cases} for k in kinds}
+    sampler = None
+    procs, logs = {}, []
     try:
         with Lab(subnet="10.77.9") as lab:
-            srv_ns = lab.host("srv", f"{SERVER_IP}/24")
+            srv_ns = lab.host("srv", f"{SERVER_IPS['proxydhcp']}/24")
             cli_ns = lab.host("cli", f"{CLIENT_BASE}10/24")
+            batch = "".join(f"addr add {SERVER_IPS[k]}/24 dev eth0\n" for k in kinds if k != "proxydhcp")
+            if batch:
+                subprocess.run(["ip", "netns", "exec", srv_ns, "ip", "-batch", "-"], input=batch, text=True, check=True)
             batch = "".join(f"addr add {CLIENT_BASE}{10 + i}/24 dev eth0\n" for i in range(1, args.clients))
             subprocess.run(["ip", "netns", "exec", cli_ns, "ip", "-batch", "-"], input=batch, text=True, check=True)
             for kind in kinds:
-                print(f"-- {kind} ...", flush=True)
-                results.append(bench_server(kind, lab, srv_ns, cli_ns, root, workdir, args))
+                log = open(os.path.join(workdir, f"{kind}.log"), "w")
+                logs.append(log)
+                procs[kind] = lab.spawn(srv_ns, *_pin(0), *_server_argv(kind, root, workdir), stdout=log,
+                                        stderr=subprocess.STDOUT, cwd=PROJECT)
+            for kind in kinds:
+                deadline = time.monotonic() + 15
+                while True:
+                    probe = _run_client(cli_ns, "client", "--server", SERVER_IPS[kind], "--file", STORM_FILE,
+                                        "--blksize", "1432")
+                    if probe.get("ok") or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.2)
+                if not probe.get("ok"):
+                    print(f"{kind} is not answering: {probe}", file=sys.stderr)
+                    return 1
+            sampler = RSSSampler({k: p.pid for k, p in procs.items()})
+            sampler.start()
+            for rnd in range(args.repeat):
+                for case in cases:
+                    for kind in kinds:
+                        r = run_case(case, kind, cli_ns, args)
+                        results[kind][case].append(r)
+                        rate = _rate(r)
+                        print(f"-- round {rnd + 1} {case:14s} {kind:10s} "
+                              + (f"{rate:7.1f} MB/s" if rate is not None else f"FAILED {r.get('failure_reasons') or r.get('error')}"),
+                              flush=True)
+                        time.sleep(0.2)
+            sampler.stop_flag = True
+            sampler.join()
+            for kind, proc in procs.items():
+                lab.stop(proc)
+                for pid in sampler.seen[kind] - {proc.pid}:     # forked children we started, by PID
+                    try:
+                        os.kill(pid, 15)
+                    except ProcessLookupError:
+                        pass
     finally:
+        if sampler is not None:
+            sampler.stop_flag = True
+        for log in logs:
+            log.close()
         shutil.rmtree(workdir, ignore_errors=True)
-    report(results, args)
+    summary = summarise(results, kinds, cases)
+    report(results, summary, kinds, cases, args, sampler)
     if args.json:
-        print(json.dumps(results, indent=1))
+        print(json.dumps({"summary": summary, "runs": results}, indent=1))
     return 0
 
 
