@@ -13,31 +13,64 @@ log = logging.getLogger("proxydhcp")
 
 
 def _cmd_serve(args) -> int:
+    """Start-up: config, files, every socket bound, then the privilege drop. Any problem
+    ends it with one line naming the fix (exit 1; a bad config: exit 2), no traceback."""
+    import os
+
     from proxydhcp import logs, service
     cfg = config.load(args.config)
-    logs.setup(cfg.log.level, cfg.log.format)
+    fmt = args.log_format or cfg.log.format
+    logs.setup(cfg.log.level, fmt, hold=True)
     from twisted.internet import reactor
 
+    live = config.LiveConfig(cfg, args.config)
+    top = None
     try:
-        live = config.LiveConfig(cfg, args.config)
+        service.check_files(cfg)
         top = service.build(live)
         top.startService()
-    except service.StartupError as exc:
-        log.error("cannot start: %s", exc)
+        dropped = service.drop_privileges(top, cfg, args.user or cfg.run.user,
+                                          cfg.run.drop_privileges and not args.no_drop)
+    except (service.StartupError, OSError) as exc:
+        message = str(exc) if isinstance(exc, service.StartupError) else f"{exc.strerror or exc}"
+        logs.release(emit=cfg.log.level.lower() == "debug")
+        if top is not None and top.running:
+            try:
+                top.stopService()
+            except Exception:   # a half-started service: its own error is not the one to show
+                pass
+        if fmt == "json":
+            log.error("cannot start: %s", message)
+        else:
+            print(f"proxydhcp: cannot start: {message}", file=sys.stderr, flush=True)
         return 1
-    log.info("proxydhcp %s running (config: %s)", __version__, cfg.source)
+    logs.release()
+    top.bus.subscribe(logs.event_logger(lambda: live.current.log.events))
+    live.subscribe(service.reload_check(lambda: live.current))
+    log.info("%s", dropped)
+    log.info("proxydhcp %s running (config: %s, pid %d)", __version__, cfg.source, os.getpid())
 
-    def stop(*_):
-        reactor.callFromThread(reactor.stop)
+    stopping = []
+
+    def graceful() -> None:
+        if stopping:                       # a second SIGTERM/SIGINT: stop now
+            log.warning("second stop signal: stopping at once")
+            if reactor.running:
+                reactor.stop()
+            return
+        stopping.append(True)
+        d = service.graceful_stop(top, live.current.run.stop_grace, reactor)
+        d.addBoth(lambda _: reactor.stop() if reactor.running else None)
 
     from proxydhcp.policy.reload import Reloader
     reloader = Reloader(live, reactor)  # SIGHUP, and the config file changing
     reloader.install_sighup()
     reloader.watch()
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
+    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(graceful))
+    signal.signal(signal.SIGINT, lambda *_: reactor.callFromThread(graceful))
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: top.stopService() if top.running else None)
     reactor.run(installSignalHandlers=False)
+    log.info("stopped")
     return 0
 
 
@@ -77,6 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="run the daemon (ProxyDHCP on 67/4011, TFTP, HTTP)")
     s.add_argument("-c", "--config", help="YAML config file (default: the built-in default)")
+    s.add_argument("--user", help="started as root: the user to switch to once every port is bound "
+                                  "(run.user; default: proxydhcp if it exists, else nobody)")
+    s.add_argument("--no-drop", action="store_true",
+                   help="started as root: stay root (run.drop_privileges: false); not advised")
+    s.add_argument("--log-format", choices=["text", "json"],
+                   help="log lines as text (journald-friendly) or JSON objects (log.format)")
+    s.epilog = ("signals: SIGHUP reloads the config (a bad one is refused, the running one kept); "
+                "SIGTERM stops taking requests, lets running transfers finish within run.stop_grace "
+                "seconds, writes the event store and exits 0. Exit 1: cannot start (one line says "
+                "why); exit 2: bad config.")
     s.set_defaults(func=_cmd_serve)
     s = sub.add_parser("check-config", help="validate a config file and exit")
     s.add_argument("-c", "--config", help="YAML config file (default: the built-in default)")
@@ -107,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except config.ConfigError as exc:
-        print(f"proxydhcp: config error: {exc}", file=sys.stderr)
+        print(f"proxydhcp: config error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
 
 

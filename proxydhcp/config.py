@@ -107,7 +107,17 @@ class EventsConfig:
 @dataclass
 class LogConfig:
     level: str = "info"
-    format: str = "text"
+    format: str = "text"     # text (journald-friendly) or json: one line per record
+    events: bool = False     # one log line per boot event (DHCP reply, TFTP transfer, HTTP fetch, ...)
+
+
+@dataclass
+class RunConfig:
+    """How the daemon runs; read at start (a reload does not change them)."""
+    user: typing.Optional[str] = None   # started as root: the user to switch to after binding
+                                        # (default: proxydhcp if it exists, else nobody)
+    drop_privileges: bool = True        # false: stay root (not advised)
+    stop_grace: float = 10.0            # SIGTERM: seconds running transfers may take to finish
 
 
 @dataclass
@@ -122,11 +132,13 @@ class Config:
     groups: list
     source: str = "<built-in default>"
     events: EventsConfig = field(default_factory=EventsConfig)
+    run: RunConfig = field(default_factory=RunConfig)
     policy: Any = field(default=None, repr=False, compare=False)   # proxydhcp.policy.Policy, set by parse
 
 
 SECTIONS = {"dhcp": DHCPConfig, "boot": BootConfig, "tftp": TFTPConfig, "http": HTTPConfig,
-            "state": StateConfig, "log": LogConfig, "events": EventsConfig}
+            "state": StateConfig, "log": LogConfig, "events": EventsConfig,
+            "run": RunConfig}
 
 
 def default_text() -> str:
@@ -237,6 +249,10 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"log.level: must be debug, info, warning or error, got {cfg.log.level!r}")
     if cfg.tftp.max_transfers < 1 or cfg.tftp.max_transfers_per_client < 1:
         raise ConfigError("tftp.max_transfers and tftp.max_transfers_per_client must be at least 1")
+    if not 0 <= cfg.run.stop_grace <= 3600:
+        raise ConfigError(f"run.stop_grace: seconds, 0-3600, got {cfg.run.stop_grace}")
+    if cfg.run.user is not None and not cfg.run.user:
+        raise ConfigError("run.user: a user name, or null for the default (proxydhcp, else nobody)")
     _validate_events(cfg.events)
 
 
@@ -316,7 +332,11 @@ def parse(text: str | None, source: str = "<config>") -> Config:
         try:
             user = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            what = " ".join(str(getattr(exc, "problem", None) or exc).split())
+            raise ConfigError(f"{source}: not valid YAML{where}: {what}; fix the file "
+                              f"(proxydhcp check-config -c FILE checks it)") from None
         if user is None:
             user = {}
         if not isinstance(user, dict):

@@ -263,6 +263,8 @@ class _Request(server.Request):
     def process(self):
         self.started = time.monotonic()
         service = self.channel.site.service  # connectionLost clears self.channel before the errback
+        service.in_flight += 1                # until service.finished (graceful stop waits on it)
+        self.proxydhcp_counted = True
         self.notifyFinish().addErrback(lambda _: service.finished(self, aborted=True))
         return super().process()
 
@@ -291,6 +293,7 @@ class HTTPService(Service):
         self.port = None
         self.bound_port = None
         self.asker = None
+        self.in_flight = 0
 
     @property
     def http_port(self) -> int:
@@ -345,10 +348,19 @@ class HTTPService(Service):
             port, self.port = self.port, None
             return port.stopListening()
 
+    def stop_accepting(self):
+        """Graceful stop: close the listening port; responses under way go on (in_flight)."""
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None
+
     def finished(self, request, aborted: bool = False) -> None:
         if getattr(request, "proxydhcp_done", False):
             return
         request.proxydhcp_done = True
+        if getattr(request, "proxydhcp_counted", False):
+            self.in_flight -= 1
         kind = getattr(request, "proxydhcp_kind", "other")
         code = "aborted" if aborted else str(request.code) if request.code in _CODES else "other"
         duration = time.monotonic() - request.started if request.started else 0.0
