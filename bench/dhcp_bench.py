@@ -108,14 +108,28 @@ def cpu_seconds(pid: int) -> float:
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def settle(pid: int, limit: float = 30.0) -> float:
+    """Wait until the server is idle (< 5% CPU over 0.5 s): a trial that overloaded it must
+    not handicap the next one with its backlog (queued datagrams, events still being
+    written). Returns the seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        c0 = cpu_seconds(pid)
+        time.sleep(0.5)
+        if cpu_seconds(pid) - c0 < 0.025:
+            break
+    return time.monotonic() - t0
+
+
 def perfdhcp_cmd(rate: int, seconds: int) -> str:
     return f"perfdhcp -4 -i -r {rate} -R 100000 -p {seconds} -o 60,{VC} -o 93,0007 -o 97,{UUID} 10.78.0.2"
 
 
 def trial_perfdhcp(lab: Lab, pid: int, rate: int, seconds: int) -> dict:
+    settle(pid)
     c0, t0 = cpu_seconds(pid), time.monotonic()
     out = lab.sh(lab.load, perfdhcp_cmd(rate, seconds), check=False).stdout
-    cpu = 100 * (cpu_seconds(pid) - c0) / (time.monotonic() - t0)
+    cpu = 100 * (cpu_seconds(pid) - c0) / seconds
     def get(key):
         m = re.search(rf"{key}: ([\d.]+)", out)
         return float(m.group(1)) if m else None
@@ -140,9 +154,10 @@ def probe(lab: Lab, ns: str, mode: str, n: int, rate: float) -> dict:
 
 def trial_4011(lab: Lab, pid: int, rate: int, seconds: int) -> dict:
     n = rate * seconds
+    settle(pid)
     c0, t0 = cpu_seconds(pid), time.monotonic()
     p = probe(lab, lab.load, "4011", n, rate)
-    cpu = 100 * (cpu_seconds(pid) - c0) / (time.monotonic() - t0)
+    cpu = 100 * (cpu_seconds(pid) - c0) / seconds
     p.update(rate=rate, cpu_pct=round(cpu), drops_pct=round(100.0 * (1 - p.get("received", 0) / n), 2))
     return p
 
@@ -225,6 +240,7 @@ def measure(lab: Lab, name: str, start, args) -> dict:
         res["67"] = search(lambda rate: trial_perfdhcp(lab, pid, rate, args.seconds), args.start, args.step,
                            args.resolution, args.max_trials, show67)
 
+        settle(pid)
         bg = subprocess.Popen(["ip", "netns", "exec", lab.load, "sh", "-c",
                                perfdhcp_cmd(LATENCY_RATE - 200, args.seconds + 2)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -232,7 +248,7 @@ def measure(lab: Lab, name: str, start, args) -> dict:
             time.sleep(1.0)
             c0, t0 = cpu_seconds(pid), time.monotonic()
             p = probe(lab, lab.probe, "relay", 200 * args.seconds, 200)
-            p["cpu_pct"] = round(100 * (cpu_seconds(pid) - c0) / (time.monotonic() - t0))
+            p["cpu_pct"] = round(100 * (cpu_seconds(pid) - c0) / args.seconds)
         finally:
             bg.wait(args.seconds + 30)
         res["67_latency"] = p
