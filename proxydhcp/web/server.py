@@ -336,8 +336,13 @@ class HTTPService(Service):
         try:
             self.port = reactor.listenTCP(cfg.http.port, site)
         except CannotListenError as exc:
-            raise StartupError(f"TCP port {cfg.http.port} (http.port) is in use or not allowed: {exc.socketError}; "
-                               f"stop the other program or set http.port") from None
+            import errno
+            if getattr(exc.socketError, "errno", None) == errno.EADDRINUSE:
+                raise StartupError(f"TCP port {cfg.http.port} (http.port) is in use by another program: "
+                                   f"stop it or set http.port (or http.enabled: false)") from None
+            raise StartupError(f"cannot listen on TCP port {cfg.http.port} (http.port): "
+                               f"{getattr(exc.socketError, 'strerror', None) or exc.socketError}; "
+                               f"set http.port") from None
         self.bound_port = self.port.getHost().port
         log.info("HTTP listening on port %d (script %s)", self.bound_port, cfg.boot.script_path)
         Service.startService(self)
