@@ -178,6 +178,10 @@ class ConfinedFile(static.File):
         _mark(request, "file")
         if b"\x00" in path or b"\\" in path or b"/" in path or path in (b"..", b"."):
             return pages.forbidden(message="refused")
+        try:
+            path.decode("utf-8")    # static.File would log a traceback for a name that is not UTF-8
+        except UnicodeDecodeError:
+            return pages.notFound(message="not a UTF-8 file name")
         child = super().getChild(path, request)
         if isinstance(child, static.File):
             real = os.path.realpath(child.path)
