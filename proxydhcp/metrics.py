@@ -108,12 +108,22 @@ def arch_labels_for(firmware_keys) -> set[str]:
     return {a.name for a in arch.BY_CODE.values() if a.firmware in keys}
 
 
+def init_series(metric, *label_values) -> None:
+    """Create metric's series at 0 for every combination of these label values (fixed sets)."""
+    import itertools
+    for combo in itertools.product(*label_values):
+        metric.labels(*combo)
+
+
 def _init_fixed() -> None:
     from proxydhcp.tftp import transfer
     for outcome in transfer.OUTCOMES:
         TFTP_TRANSFERS.labels(outcome)
     for result in ("ok", "failed"):
         CONFIG_RELOADS.labels(result)
+    # Nothing serves /metrics before its config has loaded: the first load succeeded (a
+    # reload sets it again); left at 0 it would read as a failed reload from the start.
+    CONFIG_LAST_RELOAD_OK.set(1)
 
 
 _init_fixed()

@@ -19,6 +19,7 @@ from twisted.internet.task import LoopingCall
 from proxydhcp import arch as archtable, metrics
 from proxydhcp.config import LiveConfig
 from proxydhcp.events import EventBus
+from proxydhcp.events import hooks as hookmod
 from proxydhcp.events.hooks import HookListener
 from proxydhcp.events.sessions import Session, Tracker
 from proxydhcp.events.store import EventStore, Reader, StoreError
@@ -75,6 +76,7 @@ class EventsService(Service):
         self.store.start()
         self.tracker = Tracker(e.success_stage, e.stall_timeout, e.loop_threshold, e.lease_window)
         metrics.init_boot_series(metrics.arch_labels_for(cfg.boot.firmware))   # counters at 0 before they move
+        metrics.init_series(metrics.LEASE_EVENTS, hookmod.SOURCES, hookmod.LEASE_ACTIONS + (hookmod.TFTP_ACTION,))
         self._restore()
         self.user_hooks = UserHooks(lambda: self.live.current.events, self.reactor)
         self.bus.subscribe(self.observe)

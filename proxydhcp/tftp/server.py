@@ -318,6 +318,8 @@ class TFTPService(Service):
         self.reactor.addReader(self._listener)
         self._transfers = _Transfers(self)
         self.reactor.addReader(self._transfers)
+        for name in files.boot_files(self.live.current):   # their duration series exist at 0 (metrics.py)
+            metrics.TFTP_TRANSFER_DURATION.labels(name)
         Service.startService(self)
         log.info("TFTP listening on %s:%d, root %s", self.address, self.port, root)
 
