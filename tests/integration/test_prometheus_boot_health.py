@@ -46,7 +46,7 @@ tftp: {{root: {root}, port: 69}}
 http: {{port: 8080}}
 boot: {{firmware: {{bios: undionly.kpxe, x64-uefi: ipxe.efi, arm64-uefi: snp-arm64.efi}}}}
 state: {{dir: {state}}}
-events: {{stall_timeout: 3}}
+events: {{stall_timeout: 5}}
 profiles:
   hello: {{script: "echo hello {{{{ mac }}}}"}}
 groups:
