@@ -5,11 +5,15 @@ is transfer.Transfer) and no path rule (that is files.resolve).
 
 - Requests arrive on tftp.port (IP_PKTINFO tells which local address and interface).
   Refusals (missing file, access violation, WRQ, over a limit) are answered from there.
-- Each transfer gets its own socket bound to the address the client asked, an ephemeral
-  port (its TID). The socket is not connect()ed, so that a packet from a stray peer can
-  be answered with ERROR 5 while the transfer goes on (a connected socket would make the
-  kernel drop it); IP_RECVERR instead makes the kernel report ICMP port-unreachable on an
-  unconnected socket, so a client that went away ends its transfer at once.
+- Each transfer gets its own port (its TID) on the address the client asked, with two
+  sockets in one SO_REUSEPORT group: one connect()ed to the client, which carries the
+  transfer (the kernel matches the client's packets to it, a send needs no address and
+  no route lookup: less work per packet in the kernel and in Python), and one unconnected,
+  which gets only the packets of other peers, so a stray peer is answered with ERROR 5
+  from the transfer's port while the transfer goes on. IP_RECVERR on the connected socket
+  reports an ICMP port-unreachable from the client, so a client that went away ends its
+  transfer at once. SO_REUSEPORT needs the same user for every socket on the port, so no
+  other user's program can bind it.
 - A client that repeats its RRQ (same address, port and file) before acknowledging any
   DATA is a retransmission, not a new transfer: it is ignored (our own timer resends).
   Servers that start a second transfer here flood dead ports in a storm (PROTOCOL.md 5).
@@ -47,6 +51,7 @@ SWEEP_INTERVAL = 0.05
 LISTEN_BATCH = 64
 RCVBUF = 4 << 20
 _PKTINFO = struct.Struct("=I4s4s")
+_EPOLLIN, _EPOLLERR = select.EPOLLIN, select.EPOLLERR
 _CMSG_SPACE = socket.CMSG_SPACE(_PKTINFO.size)
 
 _outcome_counters: dict = {}
@@ -141,23 +146,49 @@ class _Listener:
         return "tftp-listener"
 
 
+def _transfer_sockets(local: str, peer) -> tuple[socket.socket, socket.socket]:
+    """(connected, stray) sockets of a new transfer on one ephemeral port of `local`.
+    The stray socket binds first without SO_REUSEPORT, so the kernel picks a port nobody
+    uses; SO_REUSEPORT set after the bind then lets the connected socket join it."""
+    stray = sock = None
+    try:
+        stray = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        stray.bind((local, 0))
+        stray.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        stray.setblocking(False)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+        sock.bind(stray.getsockname())
+        sock.connect(peer)
+        sock.setblocking(False)
+    except OSError:
+        for s in (sock, stray):
+            if s is not None:
+                s.close()
+        raise
+    return sock, stray
+
+
 class _Session:
-    """One transfer's socket (its TID) and its state machine."""
+    """One transfer: its sockets (its TID; see _transfer_sockets) and its state machine."""
 
-    __slots__ = ("service", "sock", "peer", "transfer", "client", "file", "label", "key", "ended", "fd")
+    __slots__ = ("service", "sock", "stray", "peer", "transfer", "client", "file", "label", "key", "ended",
+                 "fd", "stray_fd")
 
-    def __init__(self, service, sock, peer, transfer, file, label, key) -> None:
-        self.service, self.sock, self.peer, self.transfer = service, sock, peer, transfer
+    def __init__(self, service, sock, stray, peer, transfer, file, label, key) -> None:
+        self.service, self.sock, self.stray, self.peer, self.transfer = service, sock, stray, peer, transfer
         self.client = f"{peer[0]}:{peer[1]}"
         self.file, self.label, self.key = file, label, key
         self.ended = False
         self.fd = sock.fileno()
+        self.stray_fd = stray.fileno()
 
     def send(self, datagrams) -> None:
-        sendto, peer = self.sock.sendto, self.peer
+        send = self.sock.send
         try:
             for d in datagrams:
-                sendto(d, peer)
+                send(d)
         except BlockingIOError:
             pass                          # socket buffer full: as if lost, the timer resends
         except ConnectionRefusedError:
@@ -166,9 +197,9 @@ class _Session:
             self.service._end(self, ABORTED, f"send failed: {exc.strerror}")
 
     def handle(self, now: float) -> None:
-        """One datagram is waiting on this transfer's socket."""
+        """One datagram from the client is waiting on the connected socket."""
         try:
-            data, addr = self.sock.recvfrom(4096)
+            data = self.sock.recv(2048)
         except BlockingIOError:
             return
         except ConnectionRefusedError:
@@ -177,10 +208,22 @@ class _Session:
         except OSError as exc:
             self.service._end(self, ABORTED, f"receive failed: {exc.strerror}")
             return
-        if addr != self.peer:
-            _count_drop(TRANSFER, UNKNOWN_TID)
-            self._stray(addr)
+        self._packet(data, now)
+
+    def handle_stray(self, now: float) -> None:
+        """A datagram on the unconnected socket: another peer's (or, in the instant before
+        connect(), the client's own)."""
+        try:
+            data, addr = self.stray.recvfrom(2048)
+        except OSError:
             return
+        if addr == self.peer:
+            self._packet(data, now)
+            return
+        _count_drop(TRANSFER, UNKNOWN_TID)
+        self._stray(addr)
+
+    def _packet(self, data: bytes, now: float) -> None:
         if not (len(data) >= 4 and data[1] == 4 and data[0] == 0):
             _count_not_ack(data)
         transfer = self.transfer
@@ -188,9 +231,11 @@ class _Session:
         if out:
             if len(out) == 1:
                 try:
-                    self.sock.sendto(out[0], addr)
+                    self.sock.send(out[0])
                 except BlockingIOError:
                     pass
+                except ConnectionRefusedError:
+                    self._icmp_error()
                 except OSError:
                     self.send(out)      # the slow path sorts out which error
             else:
@@ -201,7 +246,7 @@ class _Session:
     def _stray(self, addr) -> None:
         """RFC 1350: a packet from another TID gets ERROR 5; the transfer goes on."""
         try:
-            self.sock.sendto(pk.encode_error(pk.ERR_UNKNOWN_TID, "unknown transfer ID"), addr)
+            self.stray.sendto(pk.encode_error(pk.ERR_UNKNOWN_TID, "unknown transfer ID"), addr)
         except OSError:
             pass
 
@@ -238,28 +283,35 @@ class _Transfers:
 
     def add(self, session: _Session) -> None:
         self.epoll.register(session.fd, select.EPOLLIN)
+        self.epoll.register(session.stray_fd, select.EPOLLIN)
 
     def remove(self, session: _Session) -> None:
-        try:
-            self.epoll.unregister(session.fd)
-        except (OSError, ValueError):
-            pass
+        for fd in (session.fd, session.stray_fd):
+            try:
+                self.epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass
 
     def doRead(self) -> None:
-        sessions = self.service.sessions
+        sessions, strays, poll = self.service.sessions, self.service._strays, self.epoll.poll
         for _ in range(8):
-            ready = self.epoll.poll(0, 512)
+            ready = poll(0, 512)
             if not ready:
                 return
             now = time.monotonic()
             for fd, ev in ready:
                 session = sessions.get(fd)
-                if session is None:
-                    continue
-                if ev & select.EPOLLIN:
-                    session.handle(now)
-                elif ev & select.EPOLLERR:
-                    session._icmp_error()      # ICMP error queued (IP_RECVERR), no data
+                if session is not None:
+                    if ev & _EPOLLIN:
+                        session.handle(now)
+                    elif ev & _EPOLLERR:
+                        session._icmp_error()      # ICMP error queued (IP_RECVERR), no data
+                else:
+                    session = strays.get(fd)
+                    if session is not None:
+                        session.handle_stray(now)
+            if len(ready) < 512:
+                return          # drained; the reactor calls again when more is waiting
 
     def connectionLost(self, reason) -> None:
         pass
@@ -281,7 +333,8 @@ class TFTPService(Service):
         self.reactor = reactor
         self.port: int | None = None
         self.cache = files.ContentCache()
-        self.sessions: dict[int, _Session] = {}
+        self.sessions: dict[int, _Session] = {}       # by the connected socket's fd
+        self._strays: dict[int, _Session] = {}        # by the stray socket's fd
         self._by_key: dict[tuple, _Session] = {}
         self._per_client: dict[str, int] = {}
         self._listener: _Listener | None = None
@@ -397,23 +450,18 @@ class TFTPService(Service):
             return self._refuse(addr, local, ifindex, display, exc.code, exc.message, exc.outcome)
         if req.mode == "netascii":
             content = content.netascii()
-        sock = None
         try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
-            sock.bind((local or self.address, 0))
-            sock.setblocking(False)
+            sock, stray = _transfer_sockets(local or self.address, (addr[0], addr[1]))
         except OSError as exc:
-            if sock is not None:
-                sock.close()
             return self._refuse(addr, local, ifindex, display, pk.ERR_UNDEFINED,
                                 f"server cannot open a transfer socket: {exc.strerror}", ABORTED)
         now = time.monotonic()
         transfer = Transfer(content.data, req.options, now=now, mtu=self._mtu(ifindex),
                             retransmit_timeout=tcfg.retransmit_timeout, max_retries=tcfg.max_retries,
                             transfer_timeout=tcfg.transfer_timeout, blocks_for=content.blocks)
-        session = _Session(self, sock, (addr[0], addr[1]), transfer, display, resolved.name, key)
+        session = _Session(self, sock, stray, (addr[0], addr[1]), transfer, display, resolved.name, key)
         self.sessions[session.fd] = session
+        self._strays[session.stray_fd] = session
         self._by_key[key] = session
         self._per_client[addr[0]] = self._per_client.get(addr[0], 0) + 1
         metrics.TFTP_ACTIVE.inc()
@@ -470,7 +518,9 @@ class TFTPService(Service):
         if self._transfers is not None:
             self._transfers.remove(session)
         session.sock.close()
+        session.stray.close()
         self.sessions.pop(session.fd, None)
+        self._strays.pop(session.stray_fd, None)
         if self._by_key.get(session.key) is session:
             del self._by_key[session.key]
         ip = session.peer[0]
