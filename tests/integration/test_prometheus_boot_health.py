@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import urllib.parse
 
+import dpkt
 import pytest
 import yaml
 
@@ -70,7 +71,7 @@ STAGE_COUNTS = {"pxe_discover": 4, "proxy_offer": 4, "proxy_request": 2, "firmwa
                 "ipxe_dhcp": 3, "boot_script": 3, "boot_download": 0, "os_lease": 1}
 
 QUERY = r"""
-import json, sys, urllib.parse, urllib.request
+import json, sys, urllib.error, urllib.parse, urllib.request
 base, jobs = sys.argv[1], json.load(open(sys.argv[2]))
 out = []
 for path, params in jobs:
@@ -121,7 +122,6 @@ def client(lab: Lab, ns: str, kind: str, mac: str, *args: str) -> list[dict]:
 
 
 def boot_file(replies: list[dict]) -> str:
-    import dpkt
     files = [dpkt.dhcp.DHCP(bytes.fromhex(r["hex"])).file.rstrip(b"\0").decode()
              for r in replies if r["src"] == SERVER]
     assert len(files) == 1, replies
@@ -359,6 +359,5 @@ def test_promtool_accepts_the_live_metrics(rig):
     out = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout == "" and out.stderr == "", out.stdout + out.stderr
     # no MAC or IP in any label value
-    import re
     assert not re.search(r'="[^"]*([0-9a-f]{2}:){5}[0-9a-f]{2}', text)
     assert not re.search(r'="[^"]*\d+\.\d+\.\d+\.\d+', text)
