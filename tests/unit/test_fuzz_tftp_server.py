@@ -63,14 +63,14 @@ CLIENT = ("127.0.0.1", 9)   # discard: whatever a started transfer sends there g
 
 
 def _total(name: str) -> float:
-    return sum(s.value for m in metrics.REGISTRY.collect() if m.name == name for s in m.samples
-               if s.name == name + "_total")
+    assert name == "proxydhcp_tftp_transfers"
+    return sum(s.value for m in metrics.TFTP_TRANSFERS.collect() for s in m.samples if s.name == name + "_total")
 
 
 def _drops(port: str) -> dict:
-    return {r: metrics.REGISTRY.get_sample_value("proxydhcp_tftp_packets_dropped_total",
-                                                 {"port": port, "reason": r}) or 0
-            for r in tftp_server.DROP_REASONS[port]}
+    values = {s.labels["reason"]: s.value for m in metrics.TFTP_DROPPED.collect() for s in m.samples
+              if s.name.endswith("_total") and s.labels["port"] == port}
+    return {r: values.get(r, 0) for r in tftp_server.DROP_REASONS[port]}
 
 
 def _reset() -> None:
