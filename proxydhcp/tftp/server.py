@@ -17,6 +17,10 @@ is transfer.Transfer) and no path rule (that is files.resolve).
 - A client that repeats its RRQ (same address, port and file) before acknowledging any
   DATA is a retransmission, not a new transfer: it is ignored (our own timer resends).
   Servers that start a second transfer here flood dead ports in a storm (PROTOCOL.md 5).
+- A window of several DATA packets (windowsize, or a retransmission) leaves in one
+  sendmsg with UDP_SEGMENT (UDP GSO, Linux 4.18+): the kernel cuts it into the datagrams,
+  and a NIC or veth carries it as one until it must be cut. Where the kernel or the route
+  refuses it, the packets go one by one.
 - One timer sweep (every SWEEP_INTERVAL while transfers run) fires retransmissions and
   timeouts, so the per-packet path sets a number instead of rescheduling a timer.
 """
@@ -46,11 +50,15 @@ log = logging.getLogger("proxydhcp.tftp")
 
 IP_PKTINFO = 8
 IP_RECVERR = 11
+UDP_SEGMENT = 103                        # linux/udp.h; not in Python's socket module
+UDP_MAX_SEGMENTS = 64
+GSO_MAX_BYTES = 65000                    # the whole window must fit in one IP datagram
 SIOCGIFMTU = 0x8921
 SWEEP_INTERVAL = 0.05
 LISTEN_BATCH = 64
 RCVBUF = 4 << 20
 _PKTINFO = struct.Struct("=I4s4s")
+_GSO_SIZE = struct.Struct("=H")
 _EPOLLIN, _EPOLLERR = select.EPOLLIN, select.EPOLLERR
 _CMSG_SPACE = socket.CMSG_SPACE(_PKTINFO.size)
 
@@ -174,7 +182,7 @@ class _Session:
     """One transfer: its sockets (its TID; see _transfer_sockets) and its state machine."""
 
     __slots__ = ("service", "sock", "stray", "peer", "transfer", "client", "file", "label", "key", "ended",
-                 "fd", "stray_fd")
+                 "fd", "stray_fd", "gso")
 
     def __init__(self, service, sock, stray, peer, transfer, file, label, key) -> None:
         self.service, self.sock, self.stray, self.peer, self.transfer = service, sock, stray, peer, transfer
@@ -183,10 +191,13 @@ class _Session:
         self.ended = False
         self.fd = sock.fileno()
         self.stray_fd = stray.fileno()
+        self.gso = service.gso
 
     def send(self, datagrams) -> None:
         send = self.sock.send
         try:
+            if len(datagrams) > 1 and self.gso and self._send_gso(datagrams):
+                return
             for d in datagrams:
                 send(d)
         except BlockingIOError:
@@ -195,6 +206,28 @@ class _Session:
             self._icmp_error()
         except OSError as exc:
             self.service._end(self, ABORTED, f"send failed: {exc.strerror}")
+
+    def _send_gso(self, datagrams) -> bool:
+        """Several datagrams of one size (the last may be shorter) in one sendmsg. False if
+        they do not fit one GSO send or the kernel refused it (then not tried again)."""
+        size = len(datagrams[0])
+        if (len(datagrams) > UDP_MAX_SEGMENTS or len(datagrams[-1]) > size
+                or size * len(datagrams) > GSO_MAX_BYTES):
+            return False
+        for d in datagrams[1:-1]:
+            if len(d) != size:
+                return False
+        try:
+            self.sock.sendmsg(datagrams, [(socket.SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(size))])
+        except (BlockingIOError, ConnectionRefusedError):
+            raise
+        except OSError as exc:
+            if exc.errno in (errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                self.service.gso = False        # this kernel has no UDP GSO
+            self.gso = False                    # EIO/EINVAL: not on this route (no checksum offload, MTU)
+            log.debug("tftp %s: UDP GSO refused (%s), sending packets one by one", self.client, exc.strerror)
+            return False
+        return True
 
     def handle(self, now: float) -> None:
         """One datagram from the client is waiting on the connected socket."""
@@ -334,6 +367,7 @@ class TFTPService(Service):
         self.port: int | None = None
         self.cache = files.ContentCache()
         self.sessions: dict[int, _Session] = {}       # by the connected socket's fd
+        self.gso = True                               # until the kernel says it has no UDP GSO
         self._strays: dict[int, _Session] = {}        # by the stray socket's fd
         self._by_key: dict[tuple, _Session] = {}
         self._per_client: dict[str, int] = {}
