@@ -198,13 +198,20 @@ class Transfer:
                 return _NOTHING
             acked += delta
             self._acked = acked
-            if acked >= self._last:
+            last = self._last
+            if acked >= last:
                 self._finish(OK, now)
                 return _NOTHING
             if self._retries:
                 self._retries = 0
                 self._rto = self._rto0
-            return self._send_window(now)
+            # _send_window, inlined: this runs once per ACK
+            end = acked + 1 + self._window
+            if end > last + 1:
+                end = last + 1
+            self._sent = end - 1
+            self.deadline = now + self._rto
+            return self.blocks.packets(acked + 1, end)
         return self._not_ack(data, now)
 
     def _not_ack(self, data: bytes, now: float) -> list:
