@@ -47,12 +47,13 @@ class Lab:
     def sh(self, ns: str, command: str, check: bool = True) -> subprocess.CompletedProcess:
         return run("ip", "netns", "exec", ns, "sh", "-c", command, check=check)
 
-    def host(self, role: str, address: str | None, mtu: int = 1500) -> str:
-        """A namespace with interface eth0 on the bridge; address like '10.77.0.2/24' or None."""
+    def host(self, role: str, address: str | None, mtu: int = 1500, mac: str | None = None) -> str:
+        """A namespace with interface eth0 on the bridge; address like '10.77.0.2/24' or None;
+        mac fixes eth0's hardware address (otherwise random per lab)."""
         ns = self._netns(role)
         peer = f"{self.prefix}{role}"[:15]
-        run("ip", "link", "add", "eth0", "netns", ns, "mtu", str(mtu), "type", "veth",
-            "peer", "name", peer, "netns", self.bridge_ns, "mtu", str(mtu))
+        run("ip", "link", "add", "eth0", "netns", ns, "mtu", str(mtu), *(("address", mac) if mac else ()),
+            "type", "veth", "peer", "name", peer, "netns", self.bridge_ns, "mtu", str(mtu))
         self.sh(self.bridge_ns, f"ip link set {peer} master br0 && ip link set {peer} up")
         self.sh(ns, "ip link set lo up && ip link set eth0 up")
         if address:
