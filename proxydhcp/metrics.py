@@ -25,6 +25,23 @@ DHCP_SESSIONS_IN_PROGRESS = Gauge(
     "proxydhcp_dhcp_sessions_in_progress", "Machines answered and still mid-boot (dhcp.max_sessions_in_progress "
     "caps them)", registry=REGISTRY)
 
+class _SocketDrops:
+    """proxydhcp_dhcp_socket_drops_total: UDP-67 datagrams the kernel dropped because a
+    port-67 packet socket's buffer was full (PACKET_STATISTICS), read at scrape time from
+    `source` (set by the DHCP service). They never reach the packet counters above."""
+
+    source = None
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+        yield CounterMetricFamily("proxydhcp_dhcp_socket_drops", "UDP 67 datagrams dropped by the kernel "
+                                  "before proxydhcp read them (socket buffer full)",
+                                  value=self.source() if self.source is not None else 0)
+
+
+SOCKET_DROPS = _SocketDrops()
+REGISTRY.register(SOCKET_DROPS)
+
 FOREIGN_PXE_REPLIES = Counter(
     "proxydhcp_foreign_pxe_replies", "PXE boot replies seen from another DHCP server on a served segment",
     registry=REGISTRY)

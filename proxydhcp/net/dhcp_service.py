@@ -39,6 +39,7 @@ IP_PKTINFO = 8
 PACKET_OUTGOING = 4
 SOL_PACKET = 263
 PACKET_IGNORE_OUTGOING = 23  # Linux 4.20: the packet socket is not handed our own sends
+PACKET_STATISTICS = 6        # struct tpacket_stats {tp_packets, tp_drops}; reading resets them
 NOT_SERVED = "not_served"   # arrived on an interface we do not serve
 _PKTINFO = struct.Struct("=I4s4s")
 
@@ -125,7 +126,19 @@ class _Port67:
         packet = frames.build_udp(server, self.port, dest[0], dest[1], payload)
         self.send_sock.sendto(packet, (dest[0], 0))
 
+    drops = 0
+
+    def read_drops(self) -> int:
+        """Datagrams the kernel dropped on this listener's full buffer, since it opened."""
+        try:
+            _packets, drops = struct.unpack("II", self.reader.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+        except OSError:
+            return self.drops
+        self.drops += drops
+        return self.drops
+
     def close(self, reactor) -> None:
+        self.service._closed_drops += self.read_drops()
         reactor.removeReader(self.reader)
         self.reader.sock.close()
         self.send_sock.close()
@@ -194,6 +207,9 @@ class DHCPService(Service):
                                        d.events.stall_timeout)
         bus.subscribe(self._session_finished)
         metrics.DHCP_SESSIONS_IN_PROGRESS.set_function(lambda: self._in_progress.count(time.monotonic()))
+        self._closed_drops = 0
+        metrics.SOCKET_DROPS.source = lambda: self._closed_drops + sum(
+            listener.read_drops() for listener in list(self.listeners.values()))
 
     def _session_finished(self, event) -> None:
         """A machine whose iPXE fetched its boot script needs the ProxyDHCP no more."""
