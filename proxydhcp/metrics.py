@@ -31,12 +31,18 @@ class _SocketDrops:
     `source` (set by the DHCP service). They never reach the packet counters above."""
 
     source = None
+    _labelnames = ()
+
+    def _family(self, value):
+        from prometheus_client.core import CounterMetricFamily
+        return CounterMetricFamily("proxydhcp_dhcp_socket_drops", "UDP 67 datagrams dropped by the kernel "
+                                   "before proxydhcp read them (socket buffer full)", value=value)
+
+    def describe(self):
+        yield self._family(0)
 
     def collect(self):
-        from prometheus_client.core import CounterMetricFamily
-        yield CounterMetricFamily("proxydhcp_dhcp_socket_drops", "UDP 67 datagrams dropped by the kernel "
-                                  "before proxydhcp read them (socket buffer full)",
-                                  value=self.source() if self.source is not None else 0)
+        yield self._family(self.source() if self.source is not None else 0)
 
 
 SOCKET_DROPS = _SocketDrops()
