@@ -132,3 +132,33 @@ def test_event_store_written_by_the_unprivileged_daemon(lab):
     conn.close()
     assert any(r["file"] == "undionly.kpxe" and r["outcome"] == "ok" for r in rows), rows
     assert "Traceback" not in lab.output(lab.proxy)
+
+
+@pytest.mark.skipif(not shutil.which("setpriv"), reason="needs setpriv (util-linux)")
+def test_started_as_a_user_with_ambient_caps_it_changes_nothing():
+    """As systemd starts it (User= + AmbientCapabilities=): no drop, it binds 67/69/4011/HTTP
+    with the two capabilities it was given, and says so."""
+    import pathlib
+    user = privileges.choose_user(None)
+    tmp_path = pathlib.Path(tempfile.mkdtemp(prefix="proxydhcp-amb-"))
+    os.chmod(tmp_path, 0o777)                # its state dir is created by that user
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(CONFIG.format(root="/usr/lib/ipxe", state=tmp_path / "state")
+                   .replace("x64-uefi: snponly.efi", "x64-uefi: ipxe.efi"))
+    with Lab("10.84.0") as lab:
+        ns = lab.host("pxe", "10.84.0.2/24")
+        proc = lab.spawn(ns, "setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups",
+                         "--inh-caps=+net_raw,+net_bind_service", "--ambient-caps=+net_raw,+net_bind_service",
+                         PY, "-m", "proxydhcp", "serve", "-c", str(cfg), cwd=ROOT)
+        ok = wait_for(lambda: " running (config:" in lab.output(proc) or proc.poll() is not None, 20)
+        assert ok and proc.poll() is None, lab.output(proc)
+        log = lab.output(proc)
+        assert "not started as root: running with the privileges given" in log and "dropped privileges" not in log
+        assert "listening on eth0" in log and "TFTP listening on 0.0.0.0:69" in log
+        st = status(proc.pid)
+        assert st["Uid"].split() == [str(user.pw_uid)] * 4
+        caps = privileges.status_caps("\n".join(f"{k}:\t{v}" for k, v in st.items()))
+        assert privileges.caps_in(caps["CapEff"]) == {privileges.CAP_NET_RAW, privileges.CAP_NET_BIND_SERVICE}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, lab.output(proc)
+    shutil.rmtree(tmp_path, ignore_errors=True)
