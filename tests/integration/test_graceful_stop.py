@@ -1,7 +1,7 @@
 """SIGTERM and logs, on a daemon running as root in a namespace (privileges dropped).
 
-SIGTERM during a slow TFTP transfer (a client that ACKs slowly): new requests are no longer
-taken, the running transfer completes byte for byte, the daemon exits 0 without aborting
+SIGTERM during a slow TFTP transfer (a client that ACKs slowly) and a slow HTTP download:
+new requests are no longer taken, both complete byte for byte, the daemon exits 0 without aborting
 it (within run.stop_grace), and the event store holds the transfer's event.
 The daemon logs as JSON (--log-format json, log.events: true): every stderr line parses,
 and each carries level, logger and message; event lines carry the event's fields.
@@ -34,7 +34,7 @@ CONFIG = """
 dhcp: {{interfaces: [eth0]}}
 boot: {{firmware: {{bios: undionly.kpxe}}}}
 tftp: {{root: {root}}}
-http: {{port: 8080}}
+http: {{port: 8080, root: {http_root}}}
 state: {{dir: {state}}}
 log: {{events: true}}
 run: {{stop_grace: 60}}
@@ -79,14 +79,19 @@ def env():
     payload = os.urandom(150 * 1024 + 77)
     with open(os.path.join(root, "slow.bin"), "wb") as fh:
         fh.write(payload)
+    http_root = os.path.join(work, "www")
+    os.mkdir(http_root)
+    big = os.urandom(8 << 20)
+    with open(os.path.join(http_root, "big.bin"), "wb") as fh:
+        fh.write(big)
     client = os.path.join(work, "slow_client.py")
     with open(client, "w") as fh:
         fh.write(SLOW_CLIENT)
     cfg = os.path.join(work, "c.yaml")
     with open(cfg, "w") as fh:
-        fh.write(CONFIG.format(root=root, state=os.path.join(work, "state")))
+        fh.write(CONFIG.format(root=root, http_root=http_root, state=os.path.join(work, "state")))
     with Lab("10.83.0") as lab:
-        lab.work, lab.payload, lab.client_py = work, payload, client
+        lab.work, lab.payload, lab.client_py, lab.big = work, payload, client, big
         lab.srv = lab.host("srv", f"{SERVER}/24")
         lab.cli = lab.host("cli", "10.83.0.50/24")
         lab.proxy = lab.spawn(lab.srv, PY, "-m", "proxydhcp", "serve", "-c", cfg, "--log-format", "json", cwd=ROOT)
@@ -100,8 +105,13 @@ def test_sigterm_lets_a_slow_transfer_finish_and_flushes_the_event(env):
     out = os.path.join(env.work, "got.bin")
     client = env.spawn(env.cli, PY, env.client_py, SERVER, "slow.bin", out, "0.03")
     assert wait_for(lambda: "started" in env.output(client) or client.poll() is not None, 20), env.output(client)
+    got_big = os.path.join(env.work, "got-big.bin")     # a slow HTTP download (8 MiB at 2 MiB/s)
+    curl = env.spawn(env.cli, "curl", "-sS", "--fail", "--limit-rate", "2M", "-o", got_big,
+                     f"http://{SERVER}:8080/big.bin")
+    assert wait_for(lambda: os.path.exists(got_big) and os.path.getsize(got_big) > 0 or curl.poll() is not None, 10)
     env.proxy.send_signal(signal.SIGTERM)
     assert wait_for(lambda: "stopping: no new requests" in env.output(env.proxy), 10), env.output(env.proxy)
+    assert "for 1 TFTP transfer(s) and 1 HTTP response(s)" in env.output(env.proxy)
     # no new work: a new request is not answered while the slow transfer is still running
     late = env.sh(env.cli, f"curl -sS --max-time 2 -o /dev/null tftp://{SERVER}/undionly.kpxe", check=False)
     assert late.returncode != 0
@@ -110,6 +120,9 @@ def test_sigterm_lets_a_slow_transfer_finish_and_flushes_the_event(env):
     assert env.proxy.wait(60) == 0, env.output(env.proxy)
     with open(out, "rb") as fh:
         assert fh.read() == env.payload
+    assert curl.wait(60) == 0, env.output(curl)
+    with open(got_big, "rb") as fh:
+        assert fh.read() == env.big
     assert f"done {len(env.payload)} {hashlib.sha256(env.payload).hexdigest()}" in env.output(client)
     log = env.output(env.proxy)
     assert "stop grace" not in log and "server stopping" not in log     # nothing was aborted
