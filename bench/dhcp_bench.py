@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """ProxyDHCP rate and latency: proxydhcp against dnsmasq in proxy mode, same run, same machine.
 
-Builds namespaces on a bridge (server 10.78.0.2, load 10.78.0.3, probe 10.78.0.4), then for
-each server (proxydhcp with its default event store and boot sessions, then dnsmasq):
+Builds namespaces on a bridge: proxydhcp (with its default event store and boot sessions) on
+10.78.0.2 and dnsmasq on 10.78.0.5 run side by side; load 10.78.0.3, probe 10.78.0.4. Trials
+alternate between the two servers at each step, so both see the same noise of a shared machine.
   * UDP 67: Kea's perfdhcp -4 -i (a relay: replies go to giaddr:67) sends PXE DISCOVERs
     (options 60, 93, 97; random MACs out of 100,000). The highest rate with < 1% drops is
     found by a search: rates grow by --step until a trial fails, then the gap between the
@@ -108,28 +109,46 @@ def cpu_seconds(pid: int) -> float:
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def settle(pid: int, limit: float = 30.0) -> float:
-    """Wait until the server is idle (< 5% CPU over 0.5 s): a trial that overloaded it must
-    not handicap the next one with its backlog (queued datagrams, events still being
+def settle(pids, limit: float = 30.0) -> float:
+    """Wait until the servers are idle (< 5% CPU over 0.5 s): a trial that overloaded one must
+    not handicap the next trial with its backlog (queued datagrams, events still being
     written). Returns the seconds waited."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < limit:
-        c0 = cpu_seconds(pid)
+        c0 = [cpu_seconds(p) for p in pids]
         time.sleep(0.5)
-        if cpu_seconds(pid) - c0 < 0.025:
+        if all(cpu_seconds(p) - c < 0.025 for p, c in zip(pids, c0)):
             break
     return time.monotonic() - t0
 
 
-def perfdhcp_cmd(rate: int, seconds: int) -> str:
-    return f"perfdhcp -4 -i -r {rate} -R 100000 -p {seconds} -o 60,{VC} -o 93,0007 -o 97,{UUID} 10.78.0.2"
+def perfdhcp_cmd(rate: int, seconds: int, target: str) -> str:
+    return f"perfdhcp -4 -i -r {rate} -R 100000 -p {seconds} -o 60,{VC} -o 93,0007 -o 97,{UUID} {target}"
 
 
-def trial_perfdhcp(lab: Lab, pid: int, rate: int, seconds: int) -> dict:
-    settle(pid)
-    c0, t0 = cpu_seconds(pid), time.monotonic()
-    out = lab.sh(lab.load, perfdhcp_cmd(rate, seconds), check=False).stdout
-    cpu = 100 * (cpu_seconds(pid) - c0) / seconds
+def probe(lab: Lab, ns: str, mode: str, n: int, rate: float, target: str) -> dict:
+    me = {lab.load: "10.78.0.3", lab.probe: "10.78.0.4"}[ns]
+    script = os.path.join(lab.tmp, "probe.py")
+    if not os.path.exists(script):
+        with open(script, "w") as fh:
+            fh.write(PROBE % {"root": ROOT})
+    out = lab.sh(ns, f"{sys.executable} {script} {mode} {n} {rate} {target} {me}", check=False)
+    try:
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {"error": out.stderr[-300:]}
+
+
+class Server:
+    def __init__(self, name: str, address: str, proc) -> None:
+        self.name, self.address, self.proc = name, address, proc
+        self.pid = proc.pid  # `ip netns exec` execs the program: the Popen pid is the server's
+
+
+def trial_perfdhcp(lab: Lab, srv: Server, rate: int, seconds: int) -> dict:
+    c0 = cpu_seconds(srv.pid)
+    out = lab.sh(lab.load, perfdhcp_cmd(rate, seconds, srv.address), check=False).stdout
+    cpu = 100 * (cpu_seconds(srv.pid) - c0) / seconds
     def get(key):
         m = re.search(rf"{key}: ([\d.]+)", out)
         return float(m.group(1)) if m else None
@@ -139,26 +158,27 @@ def trial_perfdhcp(lab: Lab, pid: int, rate: int, seconds: int) -> dict:
             "avg_ms": get("avg delay"), "max_ms": get("max delay"), "cpu_pct": round(cpu)}
 
 
-def probe(lab: Lab, ns: str, mode: str, n: int, rate: float) -> dict:
-    me = {lab.load: "10.78.0.3", lab.probe: "10.78.0.4"}[ns]
-    script = os.path.join(lab.tmp, "probe.py")
-    if not os.path.exists(script):
-        with open(script, "w") as fh:
-            fh.write(PROBE % {"root": ROOT})
-    out = lab.sh(ns, f"{sys.executable} {script} {mode} {n} {rate} 10.78.0.2 {me}", check=False)
-    try:
-        return json.loads(out.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        return {"error": out.stderr[-300:]}
-
-
-def trial_4011(lab: Lab, pid: int, rate: int, seconds: int) -> dict:
+def trial_4011(lab: Lab, srv: Server, rate: int, seconds: int) -> dict:
     n = rate * seconds
-    settle(pid)
-    c0, t0 = cpu_seconds(pid), time.monotonic()
-    p = probe(lab, lab.load, "4011", n, rate)
-    cpu = 100 * (cpu_seconds(pid) - c0) / seconds
+    c0 = cpu_seconds(srv.pid)
+    p = probe(lab, lab.load, "4011", n, rate, srv.address)
+    cpu = 100 * (cpu_seconds(srv.pid) - c0) / seconds
     p.update(rate=rate, cpu_pct=round(cpu), drops_pct=round(100.0 * (1 - p.get("received", 0) / n), 2))
+    return p
+
+
+def latency_67(lab: Lab, srv: Server, seconds: int) -> dict:
+    """perfdhcp at LATENCY_RATE - 200/s, and a probe relay timing 200 DISCOVERs/s one by one."""
+    bg = subprocess.Popen(["ip", "netns", "exec", lab.load, "sh", "-c",
+                           perfdhcp_cmd(LATENCY_RATE - 200, seconds + 2, srv.address)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        c0 = cpu_seconds(srv.pid)
+        p = probe(lab, lab.probe, "relay", 200 * seconds, 200, srv.address)
+        p["cpu_pct"] = round(100 * (cpu_seconds(srv.pid) - c0) / seconds)
+    finally:
+        bg.wait(seconds + 30)
     return p
 
 
@@ -166,32 +186,36 @@ def generator_kept_up(r: dict) -> bool:
     return (r.get("send_rate") or 0) >= 0.95 * r["rate"]
 
 
-def search(trial, start: int, step: float, resolution: int, max_trials: int, show) -> dict:
+class Search:
     """Highest rate with < 1% drops: grow by `step` until a trial fails, then bisect."""
-    good, bad, rows, limited = 0, None, [], False
-    rate = start
-    while len(rows) < max_trials:
-        r = trial(rate)
-        rows.append(r)
+
+    def __init__(self, start: int, step: float, resolution: int, max_trials: int) -> None:
+        self.rate, self.step, self.resolution, self.max_trials = start, step, resolution, max_trials
+        self.good, self.bad, self.rows, self.limited, self.done = 0, None, [], False, False
+
+    def record(self, r: dict) -> str:
+        self.rows.append(r)
         if not generator_kept_up(r):
-            limited = True
-            show(r, "generator could not send this fast: search ends")
-            break
+            self.limited = self.done = True
+            return "generator could not send this fast: search ends"
         ok = r["drops_pct"] < 1.0
-        show(r, "ok" if ok else "drops")
         if ok:
-            good = rate
+            self.good = r["rate"]
         else:
-            bad = rate
-        if bad is None:
-            rate = int(round(rate * step / 250.0)) * 250
-        elif bad - good <= max(resolution, 0.05 * bad):
-            break
+            self.bad = r["rate"]
+        if self.bad is None:
+            self.rate = int(round(self.rate * self.step / 250.0)) * 250
+        elif self.bad - self.good <= max(self.resolution, 0.05 * self.bad):
+            self.done = True
         else:
-            rate = int(round((good + bad) / 2 / 250.0)) * 250
-            if rate in (good, bad):
-                break
-    return {"best": good, "first_bad": bad, "generator_limited": limited, "trials": rows}
+            self.rate = int(round((self.good + self.bad) / 2 / 250.0)) * 250
+            self.done = self.rate in (self.good, self.bad)
+        if len(self.rows) >= self.max_trials:
+            self.done = True
+        return "ok" if ok else "drops"
+
+    def summary(self) -> dict:
+        return {"best": self.good, "first_bad": self.bad, "generator_limited": self.limited, "trials": self.rows}
 
 
 def _dhcp_limits_off() -> str:
@@ -204,20 +228,20 @@ def _dhcp_limits_off() -> str:
     return "dhcp: {" + ", ".join(f"{k}: 0" for k in known) + "}\n"
 
 
-def start_proxydhcp(lab: Lab, events: bool):
+def start_proxydhcp(lab: Lab, ns: str, events: bool):
     cfg = os.path.join(lab.tmp, "proxydhcp.yaml")
     with open(cfg, "w") as fh:
         fh.write(f"tftp: {{enabled: false}}\nhttp: {{enabled: false}}\nstate: {{dir: {lab.tmp}/state}}\n"
                  f"events: {{enabled: {'true' if events else 'false'}}}\n" + _dhcp_limits_off())
     log = os.path.join(lab.tmp, "proxydhcp.log")
-    proc = lab.spawn(lab.srv, sys.executable, "-m", "proxydhcp", "serve", "-c", cfg, stdout=open(log, "w"),
+    proc = lab.spawn(ns, sys.executable, "-m", "proxydhcp", "serve", "-c", cfg, stdout=open(log, "w"),
                      stderr=subprocess.STDOUT, cwd=ROOT)
     wait_for(lambda: "listening on eth0" in open(log).read(), 15)
     return proc
 
 
-def start_dnsmasq(lab: Lab, events: bool):
-    proc = lab.spawn(lab.srv, "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0", "--user=root",
+def start_dnsmasq(lab: Lab, ns: str):
+    proc = lab.spawn(ns, "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0", "--user=root",
                      "--dhcp-range=10.78.0.0,proxy", "--pxe-service=X86-64_EFI,iPXE,ipxe.efi",
                      "--pxe-service=x86PC,iPXE,undionly", f"--pid-file={lab.tmp}/dnsmasq.pid",
                      "--log-facility=/dev/null")
@@ -229,45 +253,44 @@ def fmt(v, digits=3):
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def measure(lab: Lab, name: str, start, args) -> dict:
-    proc = start(lab, not args.no_events)
-    pid = proc.pid  # `ip netns exec` execs the program: the Popen pid is the server's
-    res = {"server": name}
-    try:
-        def show67(r, verdict):
-            print(f"  {name:9s} 67 perfdhcp {r['rate']:6d}/s: sent {r['send_rate']:6d}/s drops {r['drops_pct']:6.2f}%  "
-                  f"avg {r['avg_ms']} ms  CPU {r['cpu_pct']:3d}%  {verdict}", flush=True)
-        res["67"] = search(lambda rate: trial_perfdhcp(lab, pid, rate, args.seconds), args.start, args.step,
-                           args.resolution, args.max_trials, show67)
+def show(mode: str, name: str, r: dict, verdict: str) -> None:
+    if mode == "67":
+        extra = f"avg {fmt(r.get('avg_ms'))} ms"
+    else:
+        extra = f"p50 {fmt(r.get('p50_ms'))} ms p99 {fmt(r.get('p99_ms'))} ms"
+    print(f"  {mode:4s} {name:9s} {r['rate']:6d}/s: sent {r.get('send_rate') or 0:6d}/s  drops {r['drops_pct']:6.2f}%  "
+          f"{extra}  CPU {r['cpu_pct']:3d}%  {verdict}", flush=True)
 
-        settle(pid)
-        bg = subprocess.Popen(["ip", "netns", "exec", lab.load, "sh", "-c",
-                               perfdhcp_cmd(LATENCY_RATE - 200, args.seconds + 2)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            time.sleep(1.0)
-            c0, t0 = cpu_seconds(pid), time.monotonic()
-            p = probe(lab, lab.probe, "relay", 200 * args.seconds, 200)
-            p["cpu_pct"] = round(100 * (cpu_seconds(pid) - c0) / args.seconds)
-        finally:
-            bg.wait(args.seconds + 30)
-        res["67_latency"] = p
-        print(f"  {name:9s} 67 at {LATENCY_RATE}/s (perfdhcp + probe): p50 {fmt(p.get('p50_ms'))} ms  "
-              f"p99 {fmt(p.get('p99_ms'))} ms  ({p.get('received')}/{p.get('sent')} probes answered)  "
-              f"CPU {p['cpu_pct']}%", flush=True)
 
-        def show4011(r, verdict):
-            print(f"  {name:9s} 4011 REQUEST {r['rate']:6d}/s: sent {r.get('send_rate') or 0:6d}/s drops {r['drops_pct']:6.2f}%  "
-                  f"p50 {fmt(r.get('p50_ms'))} ms p99 {fmt(r.get('p99_ms'))} ms  CPU {r['cpu_pct']:3d}%  {verdict}",
-                  flush=True)
-        res["4011"] = search(lambda rate: trial_4011(lab, pid, rate, args.seconds), args.start, args.step,
-                             args.resolution, args.max_trials, show4011)
-        p = trial_4011(lab, pid, LATENCY_RATE, args.seconds)
-        res["4011_latency"] = p
-        print(f"  {name:9s} 4011 at {LATENCY_RATE}/s: drops {p['drops_pct']:.2f}%  p50 {fmt(p.get('p50_ms'))} ms  "
-              f"p99 {fmt(p.get('p99_ms'))} ms  CPU {p['cpu_pct']}%", flush=True)
-    finally:
-        lab.stop(proc)
+def run(lab: Lab, servers: list[Server], args) -> dict:
+    res = {s.name: {} for s in servers}
+    pids = [s.pid for s in servers]
+    for mode, trial in (("67", trial_perfdhcp), ("4011", trial_4011)):
+        what = "DISCOVER, perfdhcp relay" if mode == "67" else "REQUEST, Python generator"
+        print(f"{mode} {what}: search for the highest rate with < 1% drops", flush=True)
+        searches = {s.name: Search(args.start, args.step, args.resolution, args.max_trials) for s in servers}
+        while not all(x.done for x in searches.values()):
+            for s in servers:
+                x = searches[s.name]
+                if not x.done:
+                    rate = x.rate
+                    settle(pids)
+                    r = trial(lab, s, rate, args.seconds)
+                    show(mode, s.name, r, x.record(r))
+        for s in servers:
+            res[s.name][mode] = searches[s.name].summary()
+        print(f"{mode} at {LATENCY_RATE}/s:", flush=True)
+        for s in servers:
+            settle(pids)
+            if mode == "67":
+                p = latency_67(lab, s, args.seconds)
+                note = f"({p.get('received')}/{p.get('sent')} probe DISCOVERs answered, under perfdhcp at {LATENCY_RATE - 200}/s)"
+            else:
+                p = trial_4011(lab, s, LATENCY_RATE, args.seconds)
+                note = f"(drops {p['drops_pct']:.2f}%)"
+            res[s.name][mode + "_latency"] = p
+            print(f"  {mode:4s} {s.name:9s} p50 {fmt(p.get('p50_ms'))} ms  p99 {fmt(p.get('p99_ms'))} ms  "
+                  f"CPU {p.get('cpu_pct')}%  {note}", flush=True)
     return res
 
 
@@ -277,30 +300,33 @@ def main() -> int:
     ap.add_argument("--start", type=int, default=4000, help="first rate of each search (default 4000/s)")
     ap.add_argument("--step", type=float, default=1.5, help="growth factor until a trial fails (default 1.5)")
     ap.add_argument("--resolution", type=int, default=1000, help="stop bisecting below this gap (default 1000/s)")
-    ap.add_argument("--max-trials", type=int, default=8, help="trials per search at most (default 8)")
+    ap.add_argument("--max-trials", type=int, default=7, help="trials per search at most (default 7)")
     ap.add_argument("--no-events", action="store_true",
                     help="run proxydhcp with events.enabled: false (the DHCP path alone, for attribution)")
     ap.add_argument("--json", help="also write all figures to this file")
     args = ap.parse_args()
     with Lab("10.78.0") as lab:
-        lab.srv = lab.host("srv", "10.78.0.2/24")
+        a = lab.host("srv", "10.78.0.2/24")
+        b = lab.host("peer", "10.78.0.5/24")
         lab.load = lab.host("load", "10.78.0.3/24")
         lab.probe = lab.host("probe", "10.78.0.4/24")
-        ours = measure(lab, "proxydhcp", start_proxydhcp, args)
-        peer = measure(lab, "dnsmasq", start_dnsmasq, args)
+        servers = [Server("proxydhcp", "10.78.0.2", start_proxydhcp(lab, a, not args.no_events)),
+                   Server("dnsmasq", "10.78.0.5", start_dnsmasq(lab, b))]
+        res = run(lab, servers, args)
+    ours, peer = res["proxydhcp"], res["dnsmasq"]
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"args": vars(args), "proxydhcp": ours, "dnsmasq": peer}, fh, indent=1)
+            json.dump({"args": vars(args), **res}, fh, indent=1)
 
     events = "events off" if args.no_events else "events on (default)"
-    print(f"\nsummary: highest rate with < 1% drops (search, {args.seconds} s trials); latency and server CPU at "
-          f"{LATENCY_RATE}/s; proxydhcp {events}")
+    print(f"\nsummary: highest rate with < 1% drops (search, {args.seconds} s trials, alternating servers); "
+          f"latency and server CPU at {LATENCY_RATE}/s; proxydhcp {events}")
     met = True
-    for key, lat, label in (("67", "67_latency", "67 DISCOVER, perfdhcp relay"), ("4011", "4011_latency", "4011 REQUEST")):
+    for key, label in (("67", "67 DISCOVER, perfdhcp relay"), ("4011", "4011 REQUEST")):
         a, b = ours[key], peer[key]
         floor = lambda r: ">=" if r["generator_limited"] else ""  # noqa: E731
         ratio = a["best"] / b["best"] if b["best"] else None
-        la, lb = ours[lat], peer[lat]
+        la, lb = ours[key + "_latency"], peer[key + "_latency"]
         rate_ok = ratio is not None and ratio >= 1.0
         p99_ok = (la.get("p99_ms") or 1e9) < 2.0
         met = met and rate_ok and p99_ok
