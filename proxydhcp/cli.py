@@ -32,7 +32,7 @@ def _cmd_serve(args) -> int:
         dropped = service.drop_privileges(top, cfg, args.user or cfg.run.user,
                                           cfg.run.drop_privileges and not args.no_drop)
     except (service.StartupError, OSError) as exc:
-        message = str(exc) if isinstance(exc, service.StartupError) else f"{exc.strerror or exc}"
+        message = str(exc)
         logs.release(emit=cfg.log.level.lower() == "debug")
         if top is not None and top.running:
             try:
@@ -44,6 +44,9 @@ def _cmd_serve(args) -> int:
         else:
             print(f"proxydhcp: cannot start: {message}", file=sys.stderr, flush=True)
         return 1
+    except BaseException:
+        logs.release()      # an unexpected failure: show what led to it, then the traceback
+        raise
     logs.release()
     top.bus.subscribe(logs.event_logger(lambda: live.current.log.events))
     live.subscribe(service.reload_check(lambda: live.current))

@@ -130,7 +130,7 @@ def drop_privileges(top: MultiService, cfg, user_name: str | None, enabled: bool
         raise StartupError(f"cannot switch to user {user.pw_name}: {exc.strerror or exc}; "
                            f"set run.user, or run.drop_privileges: false / --no-drop") from None
     check_files(cfg, user.pw_name)
-    if not os.access(cfg.state.dir, os.W_OK | os.X_OK):
+    if cfg.events.enabled and not os.access(cfg.state.dir, os.W_OK | os.X_OK):
         log.warning("state.dir %s is not reachable by user %s (a parent directory?): events still go to "
                     "the open store, but /api/sessions, the hook spool and restarts need it; fix the "
                     "permissions of its parents", cfg.state.dir, user.pw_name)
