@@ -166,7 +166,20 @@ class BootScript(resource.Resource):
         return body
 
 
-class ConfinedFile(static.File):
+class _File(static.File):
+    """static.File, but a Range header that is not ASCII is ignored like any malformed one
+    (static.File decodes it as UTF-8 to log it, and would answer 500)."""
+
+    def render_GET(self, request):
+        byte_range = request.getHeader(b"range")
+        if byte_range is not None and not byte_range.isascii():
+            request.requestHeaders.removeHeader(b"range")
+        return super().render_GET(request)
+
+    render_HEAD = render_GET
+
+
+class ConfinedFile(_File):
     """static.File (Range, HEAD, content types) that refuses any path resolving outside its
     root (`..`, encoded slashes, symlinks leading out) and lists no directories."""
 
@@ -210,7 +223,7 @@ class Firmware(resource.Resource):
         path = self.service.firmware_files().get(name.decode("utf-8", "replace"))
         if path is None or request.postpath or not os.path.isfile(path):
             return pages.notFound(message="not a configured boot file")
-        f = static.File(path, defaultType="application/octet-stream")
+        f = _File(path, defaultType="application/octet-stream")
         f.isLeaf = True
         return f
 
