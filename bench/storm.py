@@ -95,8 +95,7 @@ def close_lab(lab: Lab) -> None:
 
 PROXYDHCP_CONFIG = """\
 dhcp:
-  interfaces: [eth0]
-  rate_per_source: 0        # every simulated machine shares the generator's link-layer address
+  interfaces: [eth0]{dhcp_extra}
 tftp:
   root: {root}
   max_transfers: {max_transfers}
@@ -116,7 +115,10 @@ def start_proxydhcp(lab: Lab, machines: int) -> dict:
     os.makedirs(work, exist_ok=True)
     cfg = os.path.join(work, "proxydhcp.yaml")
     with open(cfg, "w") as fh:
-        fh.write(PROXYDHCP_CONFIG.format(root=lab.tftp_root, max_transfers=max(1000, 2 * machines),
+        extra = "" if getattr(lab, "l2", "machine") == "machine" else \
+            "\n  rate_per_source: 0          # one link-layer sender for every machine (--l2 shared)" \
+            "\n  max_sessions_per_source: 0"
+        fh.write(PROXYDHCP_CONFIG.format(dhcp_extra=extra, root=lab.tftp_root, max_transfers=max(1000, 2 * machines),
                                          port=HTTP_PORT, state=os.path.join(work, "state")))
     log = os.path.join(work, "proxydhcp.log")
     with open(log, "wb") as out:
@@ -224,10 +226,10 @@ def snapshot(setup: dict) -> dict:
 # --- running ------------------------------------------------------------------------------
 
 def run_generator(lab: Lab, machines: int, spread: float, arrival: str, workers: int,
-                  deadline: float = 120.0) -> dict:
+                  deadline: float = 120.0, l2: str = "machine") -> dict:
     cmd = ["ip", "netns", "exec", lab.gen, PY, GEN_SCRIPT, "--machines", str(machines),
            "--spread", str(spread), "--arrival", arrival, "--base", BASE, "--workers", str(workers),
-           "--deadline", str(deadline)]
+           "--deadline", str(deadline), "--l2", l2]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=spread + deadline + 60)
     if out.returncode != 0 or not out.stdout.strip():
         raise RuntimeError(f"generator failed ({out.returncode}): {out.stderr[-2000:]}")
@@ -313,7 +315,8 @@ def measure(lab: Lab, start, args) -> dict:
     try:
         time.sleep(0.5)
         before = snapshot(setup)
-        result = run_generator(lab, args.machines, args.spread, args.arrival, args.workers, args.deadline)
+        result = run_generator(lab, args.machines, args.spread, args.arrival, args.workers, args.deadline,
+                               args.l2)
         after = snapshot(setup)
         s = summarize(result)
         s["server"] = setup["name"]
@@ -372,6 +375,9 @@ def main() -> int:
     ap.add_argument("--servers", default="proxydhcp,reference")
     ap.add_argument("--workers", type=int, default=1, help="generator processes")
     ap.add_argument("--deadline", type=float, default=120.0, help="seconds after the last arrival")
+    ap.add_argument("--l2", choices=("machine", "shared"), default="machine",
+                    help="link-layer source of the machines' broadcasts: their own MACs (default) or the "
+                         "generator's one interface (then proxydhcp's per-sender caps see one sender)")
     ap.add_argument("--json", help="write the summaries here")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -380,6 +386,7 @@ def main() -> int:
     starters = {"proxydhcp": start_proxydhcp, "reference": start_reference}
     summaries = []
     lab = build_lab(args.machines)
+    lab.l2 = args.l2
     try:
         print(f"boot storm: {args.machines} machines arriving within {args.spread} s ({args.arrival}), "
               f"ipxe.efi {os.path.getsize(os.path.join(lab.tftp_root, 'ipxe.efi'))} bytes, "

@@ -82,6 +82,29 @@ def machine_guid(i: int) -> bytes:
     return bytes.fromhex("6c74656e62610040") + struct.pack("!Q", 0x8000000000000000 | i)
 
 
+# --- broadcast frames with the machine's own link-layer source --------------------------
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def broadcast_frame(src_mac: bytes, payload: bytes, sport: int = 68, dport: int = 67) -> bytes:
+    """Ethernet + IPv4 (0.0.0.0 -> 255.255.255.255) + UDP, as a NIC's PXE stack sends it."""
+    src, dst = b"\0" * 4, b"\xff" * 4
+    udp_len = 8 + len(payload)
+    udp = struct.pack("!HHHH", sport, dport, udp_len, 0) + payload
+    csum = _checksum(src + dst + struct.pack("!BBH", 0, 17, udp_len) + udp) or 0xFFFF
+    udp = udp[:6] + struct.pack("!H", csum) + udp[8:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + udp_len, 0, 0, 64, 17, 0, src, dst)
+    ip = ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:]
+    return b"\xff" * 6 + src_mac + b"\x08\x00" + ip + udp
+
+
 # --- DHCP wire format (written here, independent of the daemon's codec) ------------------
 
 def dhcp_bytes(xid: int, mac: bytes, options: list, ciaddr: str = "0.0.0.0", flags: int = 0) -> bytes:
@@ -199,6 +222,10 @@ class Storm:
         s.setblocking(False)
         self.s68 = s
         self.sel.register(s, selectors.EVENT_READ, self._on_68)
+        self.raw = None
+        if a.l2 == "machine":     # broadcasts leave with the machine's MAC as link-layer source
+            self.raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+            self.raw.bind((a.iface, 0))
 
     # -- timers --------------------------------------------------------------------------
     def later(self, delay: float, fn, m: Machine | None = None) -> None:
@@ -267,7 +294,10 @@ class Storm:
 
     def _send_broadcast(self, m: Machine, data: bytes) -> None:
         try:
-            self.s68.sendto(data, ("255.255.255.255", 67))
+            if self.raw is not None:
+                self.raw.send(broadcast_frame(m.mac, data))
+            else:
+                self.s68.sendto(data, ("255.255.255.255", 67))
             self.counts["dhcp_sent"] += 1
         except BlockingIOError:
             self.counts["send_blocked"] = self.counts.get("send_blocked", 0) + 1
@@ -630,6 +660,9 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--deadline", type=float, default=120.0, help="seconds after the last arrival")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--l2", choices=("machine", "shared"), default="machine",
+                    help="link-layer source of the broadcasts: each machine's own MAC (a packet socket), "
+                         "or the generator interface's (a UDP socket)")
     a = ap.parse_args(argv)
     rng = random.Random(a.seed)
     n = a.machines
