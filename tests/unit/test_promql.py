@@ -385,3 +385,18 @@ def test_alert_annotations_render_what_to_check(tmp_path):
         "rule_files": [os.path.basename(p) for p in RULE_FILES], "evaluation_interval": "1m", "tests": tests}))
     out = subprocess.run(["promtool", "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0 and "SUCCESS" in out.stdout, out.stdout + out.stderr
+
+
+def test_every_exported_metric_has_a_panel():
+    """A metric nobody can see is a metric nobody reads: each family the daemon exports is
+    on the dashboard (add a panel or a target to contrib/grafana when you add a metric)."""
+    shown = set()
+    for path in DASHBOARDS:
+        for _, expr in dashboard_exprs(path):
+            shown |= {base_name(n) for n in referenced(expr)[0]}
+    missing = []
+    for family in metrics.label_names():
+        exposed = {f"{family}_total", f"{family}_info", family}
+        if not exposed & shown:
+            missing.append(family)
+    assert not missing, f"exported but on no dashboard panel: {missing}"
