@@ -3,7 +3,8 @@
 Fuzz case counts: every Hypothesis test's number of generated cases (valid examples run,
 and inputs the strategy rejected) is recorded from Hypothesis' own run statistics and
 printed in the terminal summary, so `make test` shows how much fuzzing ran. Tests that fuzz
-without Hypothesis (the live flood) add their own line with `record_fuzz_count`.
+without Hypothesis (the live flood) add their own line with `record_fuzz_count`, and any
+test may add figures to the summary with `record_report`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,12 @@ from __future__ import annotations
 import pytest
 
 FUZZ_COUNTS: dict[str, dict] = {}   # nodeid -> {"ran": n, "invalid": n}
+REPORTS: list[str] = []              # figures a test wants shown even when its output is captured
+
+
+def record_report(line: str) -> None:
+    """A line for the terminal summary (the flood's packets by reason, for instance)."""
+    REPORTS.append(line)
 
 
 def record_fuzz_count(nodeid: str, ran: int, invalid: int = 0) -> None:
@@ -49,9 +56,13 @@ def pytest_runtest_call(item):
 
 
 def pytest_terminal_summary(terminalreporter):
+    tr = terminalreporter
+    if REPORTS:
+        tr.section("figures")
+        for line in REPORTS:
+            tr.write_line(line)
     if not FUZZ_COUNTS:
         return
-    tr = terminalreporter
     tr.section("fuzz cases run")
     for nodeid, c in sorted(FUZZ_COUNTS.items()):
         extra = f" (+{c['invalid']} rejected inputs)" if c["invalid"] else ""

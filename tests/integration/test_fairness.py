@@ -101,7 +101,8 @@ def test_a_boot_loop_and_a_flood_from_one_sender_do_not_starve_the_others(clock)
                     honest_missed.append((tick, mac))
     to_looper = tx.to.count(looper)
     to_flood = sum(1 for m in tx.to if m.startswith("02:"))
-    print(f"\nfairness: boot loop sent {loop_sent}, answered {to_looper}; flood sent {flood_sent}, "
+    from tests.conftest import record_report
+    record_report(f"fairness: boot loop sent {loop_sent}, answered {to_looper}; flood sent {flood_sent}, "
           f"answered {to_flood}; honest sent {honest_sent}, missed {len(honest_missed)}; "
           f"busy {counted(BUSY) - busy0:.0f}, rate_limited {counted(RATE_LIMITED) - limited0:.0f}")
     assert honest_missed == []

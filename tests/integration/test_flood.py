@@ -136,16 +136,18 @@ def _reply(sock, xid: int, chaddr: bytes, timeout: float):
 
 
 def _tftp(name: str, sent: dict) -> bytes | None:
-    """A lock-step read (blksize 1432) with firmware-like retries of the RRQ and ACKs."""
+    """A lock-step read (blksize 1432) with firmware-like retries of the RRQ and ACKs. A
+    repeated RRQ that reaches a busy server late may make it start the transfer again from a
+    new port (its TID): an OACK or DATA 1 from a new TID is followed, from the start."""
     from proxydhcp.tftp import packet as pk
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("0.0.0.0", 0))
     rrq = pk.encode_rrq(name, "octet", {"blksize": 1432})
     data, expect, peer, last = b"", 1, None, rrq
-    for _attempt in range(4):
+    for attempt in range(4):
         s.sendto(rrq, (SERVER, 69))
         sent["69"] += 1
-        if select.select([s], [], [], 1.0)[0]:
+        if select.select([s], [], [], 2.0 * 2 ** attempt)[0]:
             break
     else:
         return None
@@ -153,14 +155,14 @@ def _tftp(name: str, sent: dict) -> bytes | None:
     while True:
         if not select.select([s], [], [], 1.0)[0]:
             tries += 1
-            if tries > 5 or peer is None:
+            if tries > 8 or peer is None:
                 return None
             s.sendto(last, peer)            # resend our last ACK: the server resends its DATA
             continue
         raw, src = s.recvfrom(4096)
         p = pk.decode(raw)
-        if peer is None:
-            peer = src
+        if src != peer and (isinstance(p, pk.OptionAck) or (isinstance(p, pk.Data) and p.block == 1)):
+            peer, data, expect = src, b"", 1          # the transfer (re)started on this TID
         if src != peer:
             continue
         if isinstance(p, pk.OptionAck):
@@ -193,10 +195,10 @@ def boot_main(index: int, kind: str, expected_sha: str, out_path: str) -> None:
     result = {"mac": mac, "kind": kind, "ok": False, "sent": sent}
     xid = 0x5EED0000 + index
     offer = None
-    for _ in range(4):                     # the PXE ROM retries its DISCOVER (4, 8, 16, 32 s; shorter here)
+    for attempt in range(4):              # the PXE ROM retries its DISCOVER (4, 8, 16, 32 s; 2, 4, 8, 16 here)
         s.sendto(request_bytes(kind, mac=mac, xid=xid), ("255.255.255.255", 67))
         sent["67"] += 1
-        offer = _reply(s, xid, chaddr, 1.5)
+        offer = _reply(s, xid, chaddr, 2.0 * 2 ** attempt)
         if offer:
             break
     if offer is None:
@@ -205,11 +207,11 @@ def boot_main(index: int, kind: str, expected_sha: str, out_path: str) -> None:
     name = offer.file.rstrip(b"\0").decode()
     if not name:                            # UEFI: the offer sends it to 4011 for its boot file
         ack = None
-        for _ in range(4):
+        for attempt in range(4):
             s.sendto(request_bytes(kind, mac=mac, xid=xid, message=opt.REQUEST, ciaddr="10.77.0.131"),
                      (SERVER, 4011))
             sent["4011"] += 1
-            ack = _reply(s, xid, chaddr, 1.5)
+            ack = _reply(s, xid, chaddr, 2.0 * 2 ** attempt)
             if ack:
                 break
         if ack is None:
@@ -236,7 +238,7 @@ pytestmark = pytest.mark.skipif(not have_root(), reason="needs root and iproute2
 CONFIG = """
 dhcp: {interfaces: [eth0]}
 boot: {firmware: {bios: undionly.kpxe, x64-uefi: ipxe.efi}}
-tftp: {root: %(root)s, retransmit_timeout: 0.2, max_retries: 2, transfer_timeout: 10}
+tftp: {root: %(root)s, retransmit_timeout: 0.5, max_retries: 3, transfer_timeout: 20}
 http: {port: 8080}
 state: {dir: %(state)s}
 run: {drop_privileges: false}
@@ -292,7 +294,7 @@ def _kernel(lab: Lab, ns: str) -> dict:
 
 def test_flood_while_scripted_clients_boot():
     from proxydhcp.tftp import packet as _pk  # noqa: F401  (fail early if the package is broken)
-    from tests.conftest import record_fuzz_count
+    from tests.conftest import record_fuzz_count, record_report
     work = tempfile.mkdtemp(prefix="proxydhcp-flood-")
     os.chmod(work, 0o755)
     root = os.path.join(work, "tftp")
@@ -326,7 +328,7 @@ def test_flood_while_scripted_clients_boot():
                 kind = "legacy-bios" if i % 2 == 0 else "edk2"
                 sha = hashlib.sha256(files["undionly.kpxe" if kind == "legacy-bios" else "ipxe.efi"]).hexdigest()
                 out = os.path.join(work, f"boot{i}.json")
-                lab.sh(cli, f"cd {ROOT} && timeout 60 {PY} -m tests.integration.test_flood boot {i} {kind} {sha} {out}",
+                lab.sh(cli, f"cd {ROOT} && timeout 120 {PY} -m tests.integration.test_flood boot {i} {kind} {sha} {out}",
                        check=False)
                 boots.append(json.load(open(out)) if os.path.exists(out) else {"ok": False, "failed": "crashed"})
                 for port, n in boots[-1].get("sent", {}).items():
@@ -367,7 +369,9 @@ def test_flood_while_scripted_clients_boot():
                "69": sum(tftp_drops.values()) + sum(tftp_outcomes.values())}
     kernel = {"67": socket_drops67, "4011": kd["4011"], "69": kd["69"]}
     shared = kd["rx_dropped"] + kd["reasm_fails"]       # not attributable to one port
-    print(f"\nflood: {total} packets sent in {flood['seconds']} s ({flood['send_errors']} send errors), "
+    lines = []
+    print = lines.append          # noqa: A001  (the summary lines go to the terminal summary too)
+    print(f"flood: {total} packets sent in {flood['seconds']} s ({flood['send_errors']} send errors), "
           f"by destination {sent}, by kind {flood['kinds']}")
     print(f"scripted boots: {sum(b['ok'] for b in boots)}/{len(boots)} succeeded; their packets {client_sent}; "
           f"retries: {[{k: v for k, v in b.get('sent', {}).items() if v > 1} for b in boots]}")
@@ -378,6 +382,9 @@ def test_flood_while_scripted_clients_boot():
     print(f"accounting per port (sent incl. scripted clients / counted by the daemon / dropped by the kernel): "
           + ", ".join(f"{p}: {expected[p]}/{counted[p]:.0f}/{kernel[p]:.0f}" for p in expected)
           + f"; interface rx drops {kd['rx_dropped']}, failed reassemblies {kd['reasm_fails']}")
+    for line in lines:
+        record_report(line)
+        sys.stdout.write(line + "\n")
 
     assert [b for b in boots if not b["ok"]] == []
     assert total >= 100_000 and flood["send_errors"] == 0
