@@ -172,17 +172,29 @@ def known_group(cfg: Config, mac: str, uuid=None, arch=None, interface=None, ip=
     user_class) this machine matches, or None: who dhcp.known_machines_only answers. `ip` is
     an address on the machine's subnet (a DISCOVER has none of its own yet: ciaddr, else the
     relay's giaddr, else our interface address), for subnet selectors."""
-    from proxydhcp.policy import groups as groupmod
     pol = cfg.policy
     if pol is None:
         from proxydhcp import policy
         pol = cfg.policy = policy.load(cfg)
+    key = (pol, mac, uuid, arch, interface, ip, vendor_class)   # the same machine asks again and again
+    hit = _known.get(key, _known)
+    if hit is not _known:
+        return hit
+    from proxydhcp.policy import groups as groupmod
     m = groupmod.Machine(mac=mac, ip=ip, uuid=uuid, arch=arch, interface=interface, vendor_class=vendor_class)
+    found = None
     for g in pol.groups:
         if all(k in STAGE_SELECTORS or groupmod.selector_matches(k, v, m) is not None
                for k, v in g.selectors.items()):
-            return g
-    return None
+            found = g
+            break
+    if len(_known) >= 4096:
+        _known.clear()
+    _known[key] = found
+    return found
+
+
+_known: dict = {}   # known_group's answers, keyed by the policy object (a reload makes a new one)
 
 
 def respond(req: Packet, port: str, iface: Interface, source: tuple[str, int], cfg: Config,
