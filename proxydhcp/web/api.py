@@ -35,6 +35,8 @@ class Sessions(resource.Resource):
             request.setResponseCode(400)
             return b'{"error": "limit must be an integer"}\n'
         path = db_path(self.state_dir())
+        gone = []     # the client hung up before the answer: nothing to write, nothing to finish
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
 
         def query():
             reader = Reader(path)
@@ -44,6 +46,8 @@ class Sessions(resource.Resource):
                 reader.close()
 
         def answer(rows):
+            if gone:
+                return
             if mac is None:
                 body = rows
             elif rows:
@@ -55,6 +59,8 @@ class Sessions(resource.Resource):
             request.finish()
 
         def unavailable(failure):
+            if gone:
+                return
             request.setResponseCode(503)
             request.write(json.dumps({"error": f"event store unavailable: {failure.getErrorMessage()}"}).encode() + b"\n")
             request.finish()

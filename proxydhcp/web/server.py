@@ -91,6 +91,17 @@ def _mark(request, kind: str) -> None:
         request.proxydhcp_kind = kind
 
 
+class _ApiIndex(resource.Resource):
+    """/api itself: a 404 naming what is there (a bare Resource answers HEAD with a 500: its
+    default render_HEAD calls a render_GET it does not have)."""
+
+    def render_GET(self, request):
+        _mark(request, "api")
+        request.setResponseCode(404)
+        request.setHeader(b"content-type", b"application/json")
+        return b'{"error": "see /api/sessions"}\n'
+
+
 class _Text(resource.Resource):
     isLeaf = True
 
@@ -251,7 +262,7 @@ class Root(resource.Resource):
         self.putChild(b"healthz", _Text(b"ok\n", "health"))
         self.putChild(b"firmware", Firmware(service))
         from proxydhcp.web.api import Sessions
-        api = resource.Resource()
+        api = _ApiIndex()
         api.putChild(b"sessions", Sessions(lambda: service.live.current.state.dir))
         self.putChild(b"api", api)
 

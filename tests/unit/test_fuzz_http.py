@@ -190,8 +190,45 @@ def test_the_harness_serves_and_refuses_what_the_real_service_does():
     whole = exchange(b"GET /firmware/ipxe.efi HTTP/1.1\r\nRange: bytes=\x800-3\r\n\r\n")
     assert whole.startswith(b"HTTP/1.1 200") and whole.endswith(FIRMWARE)
     assert exchange(b"GET /inside.txt HTTP/1.1\r\nRange: \xff\r\n\r\n").endswith(INSIDE)
+    # HEAD on /api (found by the fuzzer: a bare twisted Resource answered 500)
+    for method in (b"GET", b"HEAD"):
+        assert exchange(method + b" /api HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 404")
     for path in (b"/link-out", b"/dir-out/secret.txt", b"/../secret.txt", b"/%2e%2e/secret.txt",
                  b"/sub/..%2f..%2fsecret.txt", b"/firmware/other.efi", b"/firmware/..%2fother.efi"):
         answer = exchange(b"GET " + path + b" HTTP/1.1\r\n\r\n")
         assert re.match(rb"HTTP/1\.1 (403|404|400)", answer), (path, answer[:200])
         assert SECRET not in answer
+
+
+HANG_UP = r"""
+import socket, sys, tempfile
+from twisted.internet import reactor
+from twisted.logger import globalLogPublisher
+from proxydhcp import config
+from proxydhcp.events import EventBus
+from proxydhcp.web.server import HTTPService
+errors = []
+globalLogPublisher.addObserver(lambda e: (e.get("log_failure") is not None or e.get("isError")) and errors.append(e))
+svc = HTTPService(config.LiveConfig(config.parse("http: {port: 0}\nstate: {dir: %s}" % tempfile.mkdtemp())), EventBus())
+svc.startService()
+def hang_up():
+    for _ in range(20):
+        s = socket.create_connection(("127.0.0.1", svc.bound_port))
+        s.sendall(b"GET /api/sessions HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.close()
+    reactor.callLater(1.5, reactor.stop)
+reactor.callLater(0.1, hang_up)
+reactor.run()
+import gc; gc.collect()
+print("errors", len(errors))
+"""
+
+
+def test_a_client_hanging_up_on_the_sessions_api_leaves_no_traceback():
+    """Found by the fuzzer: the answer, read in a thread, was written to a connection already
+    lost (RuntimeError, an unhandled error in the log). The real reactor, on loopback."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", HANG_UP], capture_output=True, text=True, timeout=60,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert out.stdout.strip().endswith("errors 0"), out.stdout + out.stderr
