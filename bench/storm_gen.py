@@ -610,7 +610,7 @@ class Storm:
             now = time.monotonic()
             while self.timers and self.timers[0][0] <= now:
                 _, _, fn, m, token = heapq.heappop(self.timers)
-                if m is not None and fn is self.begin:
+                if m is not None and fn == self.begin:
                     pending -= 1
                     fn(m)
                 elif m is None or m.token == token:
