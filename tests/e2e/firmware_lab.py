@@ -153,7 +153,11 @@ class FirmwareLab:
         self.proxy_log = os.path.join(workdir, "proxydhcp.log")
         self.corp_leases = os.path.join(workdir, "corp.leases")
         self.proxy_cfg = os.path.join(workdir, "proxydhcp.yaml")
-        self.state_dir = os.path.join(workdir, "state")
+        # The daemon drops to an unprivileged user after binding: its state dir must be
+        # reachable by that user, which a 0700 temp tree (pytest's, mkdtemp's) is not. It is
+        # moved into the workdir on close, for the post-mortem.
+        self.state_dir = tempfile.mkdtemp(prefix="proxydhcp-state-")
+        os.chmod(self.state_dir, 0o755)
         self._taps = 0
         self.plain_macs: tuple = ()
 
@@ -343,6 +347,11 @@ class FirmwareLab:
             self.lab.close()
             self.lab = None
             self._record("closed")
+        if os.path.isdir(self.state_dir) and not self.state_dir.startswith(self.workdir):
+            kept = os.path.join(self.workdir, "state")
+            shutil.rmtree(kept, ignore_errors=True)
+            shutil.move(self.state_dir, kept)
+            self.state_dir = kept
 
     def __enter__(self) -> "FirmwareLab":
         try:
@@ -504,14 +513,18 @@ class Capture:
                         parts = payload[2:].split(b"\0")
                         t.oack = {parts[i].decode().lower(): parts[i + 1].decode() for i in range(0, len(parts) - 1, 2)}
                     elif op == 3:
-                        block = struct.unpack("!H", payload[2:4])[0]
-                        data = payload[4:]
-                        if block not in t.blocks:
-                            t.blocks.add(block)
-                            t.bytes += len(data)
+                        # A window sent with UDP GSO is one super-datagram on the capture: the
+                        # kernel cuts it into DATA packets of 4 + blksize bytes later on.
                         blksize = int((t.oack or {}).get("blksize", 512))
-                        if len(data) < blksize:
-                            t.complete, t.end = True, ts
+                        for at in range(0, len(payload), 4 + blksize):
+                            packet = payload[at:at + 4 + blksize]
+                            block = struct.unpack("!H", packet[2:4])[0]
+                            data = packet[4:]
+                            if block not in t.blocks:
+                                t.blocks.add(block)
+                                t.bytes += len(data)
+                            if len(data) < blksize:
+                                t.complete, t.end = True, ts
                     elif op == 5:
                         t.error, t.end = f"server ERROR {payload[3]} {_text(payload[4:])}", ts
                 elif (src, l4.sport) in transfers and len(payload) >= 4 and payload[1] == 5:

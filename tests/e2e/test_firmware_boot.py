@@ -112,7 +112,10 @@ def test_session_of_a_good_boot_succeeds_and_a_missing_firmware_is_diagnosed(tmp
     assert "succeeded" in good and "boot_script" in good, good
     import os
     import shutil
-    tftp_root = str(tmp_path_factory.mktemp("tftp-root"))
+    import tempfile
+    # outside pytest's 0700 temp tree: the daemon reads it after dropping to an unprivileged user
+    tftp_root = tempfile.mkdtemp(prefix="proxydhcp-e2e-root-")
+    os.chmod(tftp_root, 0o755)
     shutil.copyfile("/usr/lib/ipxe/ipxe.efi", os.path.join(tftp_root, "ipxe.efi"))
     config = fl.TEST_CONFIG + f"""
 tftp: {{root: {tftp_root}}}
@@ -122,11 +125,14 @@ events: {{stall_timeout: 8}}
     missing = fl.missing_tools()
     if missing:
         pytest.fail(f"missing {', '.join(missing)}")
-    with fl.FirmwareLab(str(tmp_path_factory.mktemp("fw-missing")), config_yaml=config) as lab:
-        os.remove(os.path.join(tftp_root, "ipxe.efi"))   # gone after start-up, as when a disk is cleaned
-        boot = lab.boot("uefi", FAIL_MAC, label="missing-firmware/uefi (must fail)", uuid=UEFI_UUID, timeout=30)
-        assert not boot.ok, "the VM cannot boot without its firmware file"
-        text = fl.wait_for(lambda: (lambda s: s if "failed" in s else None)(lab.sessions(FAIL_MAC)), 40) \
-            or lab.sessions(FAIL_MAC)
-        assert "failed" in text and "firmware_transfer_failed" in text, text
-        assert "not_found" in text, text
+    try:
+        with fl.FirmwareLab(str(tmp_path_factory.mktemp("fw-missing")), config_yaml=config) as lab:
+            os.remove(os.path.join(tftp_root, "ipxe.efi"))   # gone after start-up, as when a disk is cleaned
+            boot = lab.boot("uefi", FAIL_MAC, label="missing-firmware/uefi (must fail)", uuid=UEFI_UUID, timeout=30)
+            assert not boot.ok, "the VM cannot boot without its firmware file"
+            text = fl.wait_for(lambda: (lambda s: s if "failed" in s else None)(lab.sessions(FAIL_MAC)), 40) \
+                or lab.sessions(FAIL_MAC)
+            assert "failed" in text and "firmware_transfer_failed" in text, text
+            assert "not_found" in text, text
+    finally:
+        shutil.rmtree(tftp_root, ignore_errors=True)

@@ -42,6 +42,7 @@ state: {dir: %s}
 @pytest.fixture
 def daemon():
     work = tempfile.mkdtemp(prefix="proxydhcp-kill-")
+    os.chmod(work, 0o755)   # the daemon drops to an unprivileged user after binding
     state = os.path.join(work, "state")
     cfg = os.path.join(work, "proxydhcp.yaml")
     with open(cfg, "w") as fh:
