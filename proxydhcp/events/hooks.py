@@ -169,6 +169,11 @@ class HookListener:
         if self.port is not None:
             d = self.port.stopListening()
             self.port = None
+            if d is not None:
+                # Twisted unlinks the socket file on close; after a privilege drop the state dir
+                # may no longer let us: say so in one line rather than an unhandled error.
+                d.addErrback(lambda f: log.warning("could not remove the hook socket %s: %s",
+                                                   self.socket_path, f.getErrorMessage()))
             return d
         return None
 

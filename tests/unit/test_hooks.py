@@ -199,3 +199,24 @@ def test_an_unwritable_spool_loses_loudly_but_exits_zero(tmp_path):
     p, _ = run_hook("dnsmasq-hook", ["add", "aa:bb:cc:dd:ee:ff", "10.0.0.9"], tmp_path,
                     {"PROXYDHCP_SPOOL": str(tmp_path / "missing")})
     assert p.returncode == 0 and "1 event(s) lost" in p.stderr
+
+
+def test_stop_reports_a_socket_it_may_no_longer_remove(caplog):
+    """After a privilege drop the state dir may refuse the unlink Twisted does on close: one
+    warning line, not an unhandled error in the Deferred."""
+    from twisted.internet import defer
+
+    class Port:
+        def stopListening(self):
+            return defer.fail(PermissionError(13, "Permission denied"))
+
+    listener = intake.HookListener(None, None, None, "/state/hook.sock", "/state/spool")
+    listener.port = Port()
+    with caplog.at_level("WARNING"):
+        d = listener.stop()
+    results = []
+    d.addBoth(results.append)
+    assert results == [None]     # the failure was handled
+    assert listener.port is None
+    assert "could not remove the hook socket /state/hook.sock" in caplog.text
+    assert "Permission denied" in caplog.text
