@@ -226,10 +226,11 @@ def snapshot(setup: dict) -> dict:
 # --- running ------------------------------------------------------------------------------
 
 def run_generator(lab: Lab, machines: int, spread: float, arrival: str, workers: int,
-                  deadline: float = 120.0, l2: str = "machine") -> dict:
+                  deadline: float = 120.0, l2: str = "machine",
+                  windowsize: int = 1) -> dict:
     cmd = ["ip", "netns", "exec", lab.gen, PY, GEN_SCRIPT, "--machines", str(machines),
            "--spread", str(spread), "--arrival", arrival, "--base", BASE, "--workers", str(workers),
-           "--deadline", str(deadline), "--l2", l2]
+           "--deadline", str(deadline), "--l2", l2, "--windowsize", str(windowsize)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=spread + deadline + 60)
     if out.returncode != 0 or not out.stdout.strip():
         raise RuntimeError(f"generator failed ({out.returncode}): {out.stderr[-2000:]}")
@@ -315,9 +316,18 @@ def measure(lab: Lab, start, args) -> dict:
     try:
         time.sleep(0.5)
         before = snapshot(setup)
+        spy = None
+        if args.py_spy and setup["name"] == "proxydhcp":
+            spy = subprocess.Popen([os.path.join(os.path.dirname(PY), "py-spy"), "record", "--nonblocking",
+                                    "-r", "200", "-f", "raw", "-o", args.py_spy,
+                                    "-p", str(setup["procs"]["proxydhcp"].pid)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         result = run_generator(lab, args.machines, args.spread, args.arrival, args.workers, args.deadline,
-                               args.l2)
+                               args.l2, args.windowsize)
         after = snapshot(setup)
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait(30)
         s = summarize(result)
         s["server"] = setup["name"]
         s["processes"] = {name: {"cpu_s": round(after[name]["cpu"] - before[name]["cpu"], 2),
@@ -378,7 +388,10 @@ def main() -> int:
     ap.add_argument("--l2", choices=("machine", "shared"), default="machine",
                     help="link-layer source of the machines' broadcasts: their own MACs (default) or the "
                          "generator's one interface (then proxydhcp's per-sender caps see one sender)")
+    ap.add_argument("--windowsize", type=int, default=1,
+                    help="TFTP windowsize the machines ask for (EDK2 asks 4; default 1: lock-step)")
     ap.add_argument("--json", help="write the summaries here")
+    ap.add_argument("--py-spy", metavar="FILE", help="profile proxydhcp during the storm (py-spy, collapsed stacks)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("storm.py needs root (network namespaces)", file=sys.stderr)
@@ -390,7 +403,7 @@ def main() -> int:
     try:
         print(f"boot storm: {args.machines} machines arriving within {args.spread} s ({args.arrival}), "
               f"ipxe.efi {os.path.getsize(os.path.join(lab.tftp_root, 'ipxe.efi'))} bytes, "
-              f"{os.cpu_count()} CPUs, generator workers {args.workers}", flush=True)
+              f"{os.cpu_count()} CPUs, generator workers {args.workers}, TFTP windowsize {args.windowsize}", flush=True)
         for name in args.servers.split(","):
             s = measure(lab, starters[name], args)
             summaries.append(s)

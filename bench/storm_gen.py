@@ -178,7 +178,8 @@ def boot_item(offer: dict) -> tuple[bytes | None, str | None]:
 class Machine:
     __slots__ = ("i", "mac", "ip", "guid", "stage", "t_stage", "lat", "start", "end", "error",
                  "xid", "tries", "token", "sock", "server", "file", "item", "tsize", "expect",
-                 "received", "last", "peer", "url", "offer", "buf", "retrans", "failed_stage", "tftp_host")
+                 "received", "last", "peer", "url", "offer", "buf", "retrans", "failed_stage", "tftp_host",
+                 "window", "acked")
 
     def __init__(self, i: int, ip: str) -> None:
         self.i, self.ip = i, ip
@@ -455,6 +456,8 @@ class Storm:
         self.counts["retransmits"] += 1
         if m.tries > TFTP_RETRIES:
             return self.fail(m, f"timeout after {m.received if m.stage == 'tftp' else 0} bytes")
+        if m.stage == "tftp" and m.expect:
+            m.acked = m.expect - 1      # m.last is the ACK of the last block received in order
         self._tftp_send(m)
 
     def _on_probe(self, m: Machine, sock) -> None:
@@ -483,8 +486,11 @@ class Storm:
         if not self._tftp_sock(m, self._on_data):
             return
         m.last = b"\0\x01" + m.file.encode() + b"\0octet\0blksize\0" + str(BLKSIZE).encode() + b"\0"
+        if self.a.windowsize > 1:        # EDK2 asks windowsize=4 (RFC 7440)
+            m.last += b"windowsize\0" + str(self.a.windowsize).encode() + b"\0"
         m.peer = (m.tftp_host, 69)
         m.expect, m.received = 0, 0      # 0: waiting for the OACK
+        m.window, m.acked = 1, 0
         self._tftp_send(m)
 
     def _on_data(self, m: Machine, sock) -> None:
@@ -508,7 +514,9 @@ class Storm:
                 n = len(data) - 4
                 m.received += n
                 m.last = b"\0\x04" + data[2:4]
-                sock.sendto(m.last, src)
+                if n < BLKSIZE or m.expect - m.acked >= m.window:   # the window's last block: ACK it
+                    sock.sendto(m.last, src)
+                    m.acked = m.expect
                 m.expect += 1
                 m.tries = 0
                 if n < BLKSIZE:
@@ -517,6 +525,9 @@ class Storm:
                     return self._begin_ipxe(m)
                 self._arm(m, TFTP_TIMEOUT, self._tftp_timeout)
             elif op == 6 and m.expect == 0:
+                fields = data[2:].split(b"\0")
+                opts = {fields[k].lower(): fields[k + 1] for k in range(0, len(fields) - 1, 2)}
+                m.window = int(opts.get(b"windowsize", b"1"))
                 m.peer = src
                 m.expect = 1
                 m.last = b"\0\x04\0\0"
@@ -660,6 +671,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--deadline", type=float, default=120.0, help="seconds after the last arrival")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--windowsize", type=int, default=1,
+                    help="TFTP windowsize to ask for (EDK2 asks 4); 1: lock-step, no option sent")
     ap.add_argument("--l2", choices=("machine", "shared"), default="machine",
                     help="link-layer source of the broadcasts: each machine's own MAC (a packet socket), "
                          "or the generator interface's (a UDP socket)")
