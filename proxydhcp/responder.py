@@ -35,8 +35,9 @@ RATE_LIMITED = "rate_limited"         # over the per-MAC or per-source reply rat
 UNKNOWN_MACHINE = "unknown_machine"   # dhcp.known_machines_only and no group matches the machine
 BUSY = "busy"                         # a new machine while dhcp.max_sessions_in_progress are mid-boot (service)
 BAD_FRAME = "bad_frame"               # 67: not a whole unfragmented IPv4/UDP datagram (service)
+INTERNAL_ERROR = "internal_error"     # handling raised: logged with its traceback, the port stays open (service)
 SILENCE_REASONS = (NOT_PXE, NOT_BOOTREQUEST, IGNORED_MESSAGE, NO_BOOT_FILE, MALFORMED, POLICY, RATE_LIMITED,
-                   UNKNOWN_MACHINE, BUSY, BAD_FRAME)
+                   UNKNOWN_MACHINE, BUSY, BAD_FRAME, INTERNAL_ERROR)
 REPLIED = "replied"
 
 

@@ -28,7 +28,7 @@ from proxydhcp.events import DHCP_REPLY, DHCP_SILENCE, HTTP_FETCH, EventBus
 from proxydhcp.net import frames
 from proxydhcp.net.interfaces import InterfaceAddress, NetlinkWatch, read_interfaces
 from proxydhcp.service import StartupError
-from proxydhcp.responder import BAD_FRAME, BUSY, RATE_LIMITED, MALFORMED, PORT_DHCP, PORT_PROXY, REPLIED, Interface, Reply, respond
+from proxydhcp.responder import BAD_FRAME, BUSY, INTERNAL_ERROR, RATE_LIMITED, MALFORMED, PORT_DHCP, PORT_PROXY, REPLIED, Interface, Reply, respond
 
 log = logging.getLogger("proxydhcp.dhcp")
 
@@ -54,8 +54,9 @@ def _attach_filter(sock: socket.socket, program) -> None:
 class _Reader:
     """A socket watched by the reactor; drains up to `batch` datagrams per wake-up."""
 
-    def __init__(self, sock: socket.socket, on_datagram, name: str, batch: int = 64) -> None:
+    def __init__(self, sock: socket.socket, on_datagram, name: str, batch: int = 64, on_error=None) -> None:
         self.sock, self.on_datagram, self.name, self.batch = sock, on_datagram, name, batch
+        self.on_error = on_error
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -69,6 +70,10 @@ class _Reader:
             except OSError as exc:
                 log.warning("%s: receive failed: %s", self.name, exc)
                 return
+            except Exception:   # a bug on one packet must never close the port (the reactor would)
+                log.exception("%s: a datagram could not be handled", self.name)
+                if self.on_error is not None:
+                    self.on_error()
 
     def logPrefix(self) -> str:
         return self.name
@@ -95,7 +100,8 @@ class _Port67:
         send.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, iface.name.encode())
         self.send_sock = send
         self.port = port
-        self.reader = _Reader(recv, self._recv, f"dhcp67:{iface.name}")
+        self.reader = _Reader(recv, self._recv, f"dhcp67:{iface.name}",
+                              on_error=lambda: service._count(PORT_DHCP, "unknown", INTERNAL_ERROR))
         self.service = service
 
     @property
@@ -162,7 +168,8 @@ class _Port4011:
         self.sock = sock
         self.port = sock.getsockname()[1]
         self.service = service
-        self.reader = _Reader(sock, self._recv, "dhcp4011")
+        self.reader = _Reader(sock, self._recv, "dhcp4011",
+                              on_error=lambda: service._count(PORT_PROXY, "unknown", INTERNAL_ERROR))
 
     def _recv(self, sock: socket.socket) -> None:
         data, anc, _flags, source = sock.recvmsg(4096, 64)

@@ -153,3 +153,23 @@ def test_the_frame_harness_reaches_the_responder():
     before = _counts()
     through_frame(frames.build_udp("0.0.0.0", 68, "255.255.255.255", 67, request_bytes("legacy-bios")))
     assert [r for (_p, _m, r), _ in _moved(before, _counts())] == [REPLIED]
+
+
+def test_a_datagram_that_raises_is_counted_and_the_port_stays_open():
+    """A bug on one datagram must not reach the reactor (which would close the port): the
+    reader logs it, counts it (internal_error) and reads on."""
+    calls = []
+
+    def on_datagram(sock):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("a bug")
+        if len(calls) == 2:
+            return
+        raise BlockingIOError
+
+    errors = []
+    reader = dhcp_service._Reader(None, on_datagram, "test", on_error=lambda: errors.append(1))
+    reader.doRead()
+    assert len(calls) == 3 and errors == [1]
+    assert "internal_error" in RESULTS
