@@ -21,7 +21,8 @@ on the wire; for proxydhcp also its succeeded sessions (/api/sessions and `proxy
 sessions`) and proxydhcp_boot_sessions_total{outcome="succeeded"} from /metrics.
 
 usage (root): .venv/bin/python bench/storm.py [--machines 1000] [--spread 10]
-              [--arrival even|random] [--servers proxydhcp,reference] [--workers 1] [--json FILE]
+              [--arrival even|random] [--servers proxydhcp,reference] [--workers 1]
+              [--windowsize 1] [--l2 machine|shared] [--py-spy FILE] [--json FILE]
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys

@@ -5,7 +5,8 @@ Runs inside the client namespace of a lab (bench/storm.py builds it and starts t
 pre-assigned IPv4 address on the generator's interface (the lease the corporate DHCP server
 would have given it; the addresses are added beforehand with `ip addr add`). Per machine:
 
-  1. discover    EDK2's DHCPDISCOVER, broadcast from 68 to 67 (options 53 57 55 97 94 93 60,
+  1. discover    EDK2's DHCPDISCOVER, broadcast from 68 to 67 in a frame from the machine's
+                 own MAC (a packet socket; --l2 shared: a UDP socket, the interface's MAC) (options 53 57 55 97 94 93 60,
                  60 = PXEClient:Arch:00007:UNDI:003016); waits for a proxy offer (yiaddr 0,
                  option 60 PXEClient) with its xid and MAC. Acts on the first proxy offer (EDK2
                  collects offers for 4 s; that wait costs the server nothing).
@@ -15,7 +16,8 @@ would have given it; the addresses are added beforehand with `ip addr add`). Per
                  already names a file with discovery control bit 3 skips this step.)
   3. tftp_probe  RRQ <file> tsize=0 blksize=1468 from a fresh port; OACK; ERROR 8 (EDK2).
   4. tftp        RRQ <file> blksize=1468 from another port; OACK; ACK 0; lock-step DATA/ACK
-                 to the short last block; the size must equal the probe's tsize.
+                 to the short last block (with --windowsize N, as EDK2's windowsize=4: ACK the
+                 last block of each window); the size must equal the probe's tsize.
   5. ipxe_discover  iPXE's DISCOVER (user-class iPXE, option 175, 61; new xid) from 68;
                  waits for the proxy offer.
   6. ipxe_request   iPXE's ProxyDHCPREQUEST from <its IP>:68 to 4011 (same xid, BCAST flag,
