@@ -397,12 +397,17 @@ def _server_argv(kind: str, root: str, workdir: str) -> list[str]:
     raise ValueError(kind)
 
 
+NICE = 0
+
+
 def _pin(cpu: int) -> list[str]:
     """taskset prefix: servers on CPU 0, client on CPU 1, the same for every server, so a
-    lock-step figure does not depend on where the scheduler happened to put the two."""
+    lock-step figure does not depend on where the scheduler happened to put the two;
+    with --nice, also a scheduling priority (the same for every server and the client)."""
+    prefix = ["nice", "-n", str(NICE)] if NICE else []
     if (os.cpu_count() or 1) >= 2 and shutil.which("taskset"):
-        return ["taskset", "-c", str(cpu)]
-    return []
+        return prefix + ["taskset", "-c", str(cpu)]
+    return prefix
 
 
 def _run_client(ns: str, *args: str, timeout: float = 300) -> dict:
@@ -468,7 +473,8 @@ def summarise(results: dict, kinds: list[str], cases: list[str]) -> dict:
 def report(results: dict, summary: dict, kinds: list[str], cases: list[str], args, sampler) -> None:
     print()
     print(f"TFTP benchmark over veth between namespaces ({os.cpu_count()} CPUs), {args.repeat} rounds, "
-          f"servers interleaved; MB/s of file bytes; median / best over the rounds")
+          f"servers interleaved{f', nice {args.nice}' if args.nice else ''}; MB/s of file bytes; "
+          f"median / best over the rounds")
     peers = [k for k in kinds if k != "proxydhcp"]
     for case in cases:
         what, prm = CASES[case]
@@ -511,8 +517,13 @@ def main() -> int:
     p.add_argument("--cases", default="all", help=f"comma-separated, from: {', '.join(CASES)}")
     p.add_argument("--clients", type=int, default=100, help="client addresses the storms come from")
     p.add_argument("--repeat", type=int, default=3, help="rounds (each case on each server once per round)")
+    p.add_argument("--nice", type=int, default=0,
+                   help="run the servers and the client at this nice value (e.g. -5 on a machine shared "
+                        "with other work: every server gets the same priority)")
     p.add_argument("--json", action="store_true", help="also print the raw results as JSON")
     args = p.parse_args()
+    global NICE
+    NICE = args.nice
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2
