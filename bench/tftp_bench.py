@@ -25,6 +25,9 @@ case runs --repeat times; the rounds interleave the servers (round 1: every case
 server, then round 2, ...), so a burst of load from elsewhere on the machine hits all of them
 alike. Per case it prints each server's median and best throughput over the rounds, the
 failures summed over all rounds, and proxydhcp / best peer (by median, and by best).
+Server CPU is the median over the rounds of the user + system time the server used during
+the case (the client's CPU is not in it): when the one client is the limit (a storm at
+~140 MB/s saturates it), throughput ties and CPU shows which server does the work cheaper.
 Peak RSS is summed over each server's processes (tftpd-hpa forks per transfer).
 
 Everything it starts is killed by PID and the namespaces are deleted at the end. No
@@ -351,6 +354,26 @@ def _rss_kb(pid: int, field: str = "VmRSS:") -> int:
     return 0
 
 
+def cpu_seconds(root: int) -> float:
+    """CPU time (user + system) of a server so far: its process, its live descendants, and
+    the children it has reaped (tftpd-hpa's per-transfer processes)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    for pid, ppid in _proc_parents().items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo = 0, [root]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/stat") as fh:
+                f = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(f[11]) + int(f[12]) + (int(f[13]) + int(f[14]) if p == root else 0)
+        todo.extend(children.get(p, ()))
+    return total / tick
+
+
 class RSSSampler(threading.Thread):
     """Peak of the summed RSS of each server and its descendants (one /proc pass per sample)."""
 
@@ -463,7 +486,9 @@ def summarise(results: dict, kinds: list[str], cases: list[str]) -> dict:
         for kind in kinds:
             runs = results[kind][case]
             rates = [x for x in (_rate(r) for r in runs) if x is not None]
+            cpus = [r["server_cpu"] for r in runs if "server_cpu" in r]
             row[kind] = {"median": statistics.median(rates) if rates else None,
+                         "cpu_median": statistics.median(cpus) if cpus else None,
                          "best": max(rates) if rates else None,
                          "failures": sum(r.get("failures", 0) for r in runs), "runs": len(runs)}
         out[case] = row
@@ -488,7 +513,10 @@ def report(results: dict, summary: dict, kinds: list[str], cases: list[str], arg
             fig = (f"{s['median']:7.1f} / {s['best']:7.1f} MB/s" if s["median"] is not None else "     no good run     ")
             runs = results[kind][case]
             detail = _describe(sorted(runs, key=lambda r: _rate(r) or 0)[len(runs) // 2]) if runs else ""
-            print(f"  {kind:10s} {fig}   failures {s['failures']}/{s['runs']} runs   [median run: {detail}]")
+            cpu = f"server CPU {s['cpu_median']:.2f} s" if s.get("cpu_median") is not None else ""
+            if sampler is not None and sampler.max_procs[kind] > 1:
+                cpu = "server CPU n/a (forks)"      # exited children are not all counted
+            print(f"  {kind:10s} {fig}   failures {s['failures']}/{s['runs']} runs   {cpu}   [median run: {detail}]")
         me = row.get("proxydhcp")
         if me and peers:
             parts = []
@@ -590,7 +618,9 @@ def main() -> int:
             for rnd in range(args.repeat):
                 for case in cases:
                     for kind in kinds:
+                        c0 = cpu_seconds(procs[kind].pid)
                         r = run_case(case, kind, cli_ns, args)
+                        r["server_cpu"] = cpu_seconds(procs[kind].pid) - c0
                         results[kind][case].append(r)
                         rate = _rate(r)
                         print(f"-- round {rnd + 1} {case:14s} {kind:10s} "
