@@ -59,6 +59,7 @@ LISTEN_BATCH = 64
 RCVBUF = 4 << 20
 _PKTINFO = struct.Struct("=I4s4s")
 _GSO_SIZE = struct.Struct("=H")
+_RECV_BUF = bytearray(2048)          # one reader (the reactor thread): a datagram at a time
 _EPOLLIN, _EPOLLERR = select.EPOLLIN, select.EPOLLERR
 _CMSG_SPACE = socket.CMSG_SPACE(_PKTINFO.size)
 
@@ -230,9 +231,12 @@ class _Session:
         return True
 
     def handle(self, now: float) -> None:
-        """One datagram from the client is waiting on the connected socket."""
+        """One datagram from the client is waiting on the connected socket. It is read into
+        one shared buffer; an ACK (almost every datagram) goes to the transfer as a number,
+        without a bytes object for it."""
+        buf = _RECV_BUF
         try:
-            data = self.sock.recv(2048)
+            n = self.sock.recv_into(buf)
         except BlockingIOError:
             return
         except ConnectionRefusedError:
@@ -241,7 +245,10 @@ class _Session:
         except OSError as exc:
             self.service._end(self, ABORTED, f"receive failed: {exc.strerror}")
             return
-        self._packet(data, now)
+        if n >= 4 and buf[1] == 4 and buf[0] == 0:
+            self._emit(self.transfer.ack((buf[2] << 8) | buf[3], now))
+        else:
+            self._packet(bytes(buf[:n]), now)
 
     def handle_stray(self, now: float) -> None:
         """A datagram on the unconnected socket: another peer's (or, in the instant before
@@ -259,8 +266,11 @@ class _Session:
     def _packet(self, data: bytes, now: float) -> None:
         if not (len(data) >= 4 and data[1] == 4 and data[0] == 0):
             _count_not_ack(data)
+        self._emit(self.transfer.receive(data, now))
+
+    def _emit(self, out: list) -> None:
+        """Send what the transfer returned; end the session if the transfer is over."""
         transfer = self.transfer
-        out = transfer.receive(data, now)
         if out:
             if len(out) == 1:
                 try:

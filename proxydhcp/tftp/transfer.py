@@ -189,30 +189,37 @@ class Transfer:
         if self.done:
             return _NOTHING
         if len(data) >= 4 and data[1] == 4 and data[0] == 0:          # ACK: the hot path
-            acked = self._acked
-            delta = (((data[2] << 8) | data[3]) - acked) & 0xFFFF
-            if delta == 0 or delta > self._sent - acked:
-                # A duplicate (or stale) ACK: never answered with DATA, or a lost packet
-                # would double every packet after it (Sorcerer's Apprentice).
-                self.duplicate_acks += 1
-                return _NOTHING
-            acked += delta
-            self._acked = acked
-            last = self._last
-            if acked >= last:
-                self._finish(OK, now)
-                return _NOTHING
-            if self._retries:
-                self._retries = 0
-                self._rto = self._rto0
-            # _send_window, inlined: this runs once per ACK
-            end = acked + 1 + self._window
-            if end > last + 1:
-                end = last + 1
-            self._sent = end - 1
-            self.deadline = now + self._rto
-            return self.blocks.packets(acked + 1, end)
+            return self.ack((data[2] << 8) | data[3], now)
         return self._not_ack(data, now)
+
+    def ack(self, block: int, now: float) -> list:
+        """An ACK of `block` (its 16-bit number on the wire) from the client: what `receive`
+        does with an ACK, for a caller that decoded the 4 bytes itself. Returns datagrams."""
+        if self.done:
+            return _NOTHING
+        acked = self._acked
+        delta = (block - acked) & 0xFFFF
+        if delta == 0 or delta > self._sent - acked:
+            # A duplicate (or stale) ACK: never answered with DATA, or a lost packet
+            # would double every packet after it (Sorcerer's Apprentice).
+            self.duplicate_acks += 1
+            return _NOTHING
+        acked += delta
+        self._acked = acked
+        last = self._last
+        if acked >= last:
+            self._finish(OK, now)
+            return _NOTHING
+        if self._retries:
+            self._retries = 0
+            self._rto = self._rto0
+        # _send_window, inlined: this runs once per ACK
+        end = acked + 1 + self._window
+        if end > last + 1:
+            end = last + 1
+        self._sent = end - 1
+        self.deadline = now + self._rto
+        return self.blocks.packets(acked + 1, end)
 
     def _not_ack(self, data: bytes, now: float) -> list:
         try:
