@@ -53,6 +53,7 @@ class EventsService(Service):
         self.hooks: HookListener | None = None
         self._dirty: dict[str, Session] = {}
         self._flush_call = None
+        self._stage_children: dict = {}
         self._loops: list[LoopingCall] = []
         self.user_hooks: UserHooks | None = None
 
@@ -145,7 +146,11 @@ class EventsService(Service):
             if u.kind == "opened":
                 metrics.init_boot_series((a,))
             elif u.kind == "stage":
-                metrics.BOOT_STAGES.labels(u.stage, a).inc()
+                key = (u.stage, a)
+                child = self._stage_children.get(key)
+                if child is None:   # .labels() costs microseconds: bind each child once
+                    child = self._stage_children[key] = metrics.BOOT_STAGES.labels(u.stage, a)
+                child.inc()
             elif u.kind == "succeeded":
                 metrics.BOOT_SESSIONS.labels("succeeded", a, s.firmware_label).inc()
                 metrics.BOOT_DURATION.labels(a).observe(max(0.0, s.duration))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
+import collections
 import sqlite3
 import threading
 import time
@@ -130,7 +130,12 @@ class EventStore:
         self.path = db_path(state_dir)
         self.retention_days = retention_days
         self.max_batch = max_batch
-        self._queue: queue.Queue = queue.Queue(max_queue)
+        # The reactor appends, the writer thread pops: a deque's append and popleft are atomic,
+        # and the wake-up Event is set only when it is not already (a queue.Queue put takes a
+        # lock and a condition for every event, on the reactor thread).
+        self.max_queue = max_queue
+        self._items: collections.deque = collections.deque()
+        self._wake = threading.Event()
         self._conn: sqlite3.Connection | None = None
         self._thread: threading.Thread | None = None
         self.dropped = 0           # events refused because the queue was full
@@ -155,7 +160,7 @@ class EventStore:
     def stop(self, timeout: float = 10.0) -> None:
         """Write what is queued, then stop the thread and close the file."""
         if self._thread is not None:
-            self._queue.put(_STOP)
+            self._push(_STOP)
             self._thread.join(timeout)
             self._thread = None
         if self._conn is not None:
@@ -163,13 +168,17 @@ class EventStore:
             self._conn = None
 
     # --- queueing (any thread, never blocks) -----------------------------------------
+    def _push(self, item) -> None:
+        self._items.append(item)
+        if not self._wake.is_set():
+            self._wake.set()
+
     def _put(self, item) -> bool:
-        try:
-            self._queue.put_nowait(item)
-            return True
-        except queue.Full:
+        if len(self._items) >= self.max_queue:
             self.dropped += 1
             return False
+        self._push(item)
+        return True
 
     def record(self, event: dict) -> None:
         """Bus observer: queue the event for the next batch."""
@@ -192,19 +201,22 @@ class EventStore:
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far is written (tests, shutdown)."""
         done = threading.Event()
-        self._queue.put(("call", None, lambda _: done.set()))
+        self._push(("call", None, lambda _: done.set()))
         return done.wait(timeout)
 
     # --- the writer thread -----------------------------------------------------------
     def _run(self) -> None:
         stopping = False
+        items, popleft = self._items, self._items.popleft
         while not stopping:
-            batch = [self._queue.get()]
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            if not items:
+                self._wake.wait()
+            self._wake.clear()     # before draining: an append after this sets it again
+            batch = []
+            while items and len(batch) < self.max_batch:
+                batch.append(popleft())
+            if not batch:
+                continue
             if _STOP in batch:
                 stopping = True
                 batch = [b for b in batch if b is not _STOP]

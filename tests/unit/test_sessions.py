@@ -280,3 +280,27 @@ def test_timeline_is_bounded():
     tr, _ = run([discover(i) for i in range(500)], stall_timeout=1e9)
     s = tr.get(MAC)
     assert len(s.timeline) <= 200 and s.timeline[0]["time"] == T0 and s.n("timeline_dropped") == 300
+
+
+def test_as_dict_is_what_dataclasses_asdict_says_and_a_snapshot():
+    """The hand-written as_dict covers every field (a new field must be added there) and later
+    changes to the session do not reach a snapshot already taken."""
+    import dataclasses
+    from proxydhcp.events.sessions import Diagnosis, Session
+    s = Session(id="x-1", mac="52:54:00:00:00:01", started=10.0, updated=11.0, arch=7,
+                firmware="legacy-pxe", boot_file="ipxe.efi", stages={"pxe_discover": 10.0},
+                ips=["10.0.0.5"], lease={"ip": "10.0.0.5"}, counts={"firmware_transfers": 1},
+                silence={"reason": "busy"}, last_failure={"what": "firmware"}, finished=12.0,
+                diagnosis=Diagnosis("code", "summary", "advice"),
+                timeline=[{"time": 10.0, "kind": "dhcp", "stage": None, "text": "t"}])
+    d = s.as_dict()
+    expected = dataclasses.asdict(s)
+    assert {k: d[k] for k in expected} == expected
+    assert set(d) - set(expected) == {"last_stage", "arch_label", "duration"}
+    s.stages["proxy_offer"] = 11.0
+    s.ips.append("10.0.0.6")
+    s.counts["firmware_transfers"] = 2
+    s.timeline.append({"time": 11.0, "kind": "dhcp", "stage": None, "text": "u"})
+    assert d["stages"] == {"pxe_discover": 10.0} and d["ips"] == ["10.0.0.5"]
+    assert d["counts"] == {"firmware_transfers": 1} and len(d["timeline"]) == 1
+    assert Session.from_dict(d).as_dict() == d
