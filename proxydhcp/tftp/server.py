@@ -31,6 +31,7 @@ import errno
 import fcntl
 import logging
 import os
+import resource
 import select
 import socket
 import struct
@@ -395,6 +396,7 @@ class TFTPService(Service):
         if not os.path.isdir(root) or not os.access(root, os.R_OK | os.X_OK):
             raise _startup_error(f"tftp.root {root!r} is not a readable directory: create it, fix its "
                                  f"permissions, or set tftp.root (or tftp.enabled: false)")
+        _ensure_fd_limit(cfg.max_transfers)
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
@@ -605,6 +607,25 @@ class TFTPService(Service):
             return None
         self._mtus[ifindex] = (mtu, now + 5.0)
         return mtu
+
+
+def _ensure_fd_limit(max_transfers: int) -> None:
+    """A transfer holds two descriptors (_transfer_sockets): raise the soft open-file limit
+    to fit tftp.max_transfers (a service manager's default is often 1024), up to the hard
+    limit, and say so at start if even that is too low."""
+    need = 2 * max_transfers + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    new = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    except (ValueError, OSError):
+        new = soft
+    if new < need:
+        log.warning("open-file limit %d fits about %d TFTP transfers, fewer than tftp.max_transfers=%d: "
+                    "raise it (LimitNOFILE= in the systemd unit) or lower tftp.max_transfers; over it a "
+                    "client gets a TFTP error", new, max(0, (new - 256) // 2), max_transfers)
 
 
 def _printable(name: str) -> str:
