@@ -15,7 +15,9 @@ is transfer.Transfer) and no path rule (that is files.resolve).
   transfer at once. SO_REUSEPORT needs the same user for every socket on the port, so no
   other user's program can bind it.
 - A client that repeats its RRQ (same address, port and file) before acknowledging any
-  DATA is a retransmission, not a new transfer: it is ignored (our own timer resends).
+  DATA, or while its ACKs still arrive, is a retransmission (or a late copy), not a new
+  transfer: it is ignored (our own timer resends). Only a client that went quiet for a
+  retransmission interval restarts its transfer with a repeated RRQ.
   Servers that start a second transfer here flood dead ports in a storm (PROTOCOL.md 5).
 - A window of several DATA packets (windowsize, or a retransmission) leaves in one
   sendmsg with UDP_SEGMENT (UDP GSO, Linux 4.18+): the kernel cuts it into the datagrams,
@@ -462,7 +464,7 @@ class TFTPService(Service):
         key = (addr[0], addr[1], req.filename)
         existing = self._by_key.get(key)
         if existing is not None and not existing.ended:
-            if not existing.transfer.progressed:
+            if not existing.transfer.restarted_by(time.monotonic()):
                 self.deduplicated += 1          # the client repeated its RRQ: same transfer
                 _count_drop(REQUEST, DUPLICATE_REQUEST)
                 return

@@ -120,6 +120,7 @@ class Transfer:
         self._acked = -1 if self._oack_packet else 0
         self._sent = self._acked
         self.started = now
+        self.last_progress = now                # when the client last acknowledged new data
         self.ended: float | None = None
         self.expires = now + transfer_timeout
         self.deadline = now + self._rto
@@ -144,8 +145,17 @@ class Transfer:
 
     @property
     def progressed(self) -> bool:
-        """True once the client acknowledged any DATA (a repeated RRQ then means a restart)."""
+        """True once the client acknowledged any DATA."""
         return self._acked > 0
+
+    def restarted_by(self, now: float) -> bool:
+        """Whether the client's repeated RRQ (same address, port, file), arriving now, asks
+        for a fresh transfer. Before any DATA is acknowledged it is a retransmission of the
+        first RRQ. Once DATA flows it is a restart only if the client has gone quiet for a
+        retransmission interval: an RRQ copy that queued behind the first on a loaded server
+        can arrive after the client's ACKs, and restarting then would abort a transfer the
+        client is happily following."""
+        return self._acked > 0 and now - self.last_progress >= self._rto
 
     @property
     def duration(self) -> float:
@@ -210,6 +220,7 @@ class Transfer:
         if acked >= last:
             self._finish(OK, now)
             return _NOTHING
+        self.last_progress = now
         if self._retries:
             self._retries = 0
             self._rto = self._rto0

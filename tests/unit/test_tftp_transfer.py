@@ -386,3 +386,31 @@ def test_edk2_probe_then_windowed_transfer():
     c.on_datagram(pk.encode_oack(t.oack))
     c.run(t.receive(ack0, 0.0))
     assert t.outcome == OK and bytes(c.received) == ipxe_efi and c.data_sent == 580
+
+
+def test_ack_method_is_what_receive_does_with_the_ack_bytes():
+    """Transfer.ack(block) (the server's decoded fast path) and receive(ACK datagram) agree,
+    packet for packet, through a whole windowed transfer with duplicates and stale ACKs."""
+    data = os.urandom(1468 * 40 + 77)
+    a = Transfer(data, {"blksize": "1468", "windowsize": "4"}, now=0.0)
+    b = Transfer(data, {"blksize": "1468", "windowsize": "4"}, now=0.0)
+    assert a.start() == b.start()
+    for block in [0, 4, 4, 2, 8, 12, 12, 16, 20, 24, 28, 32, 36, 40, 41]:
+        assert a.ack(block, 1.0) == b.receive(pk.encode_ack(block), 1.0)
+        assert (a.done, a.outcome, a.blocks_acked) == (b.done, b.outcome, b.blocks_acked)
+    assert a.outcome == OK and a.duplicate_acks == b.duplicate_acks == 3   # 4 again, stale 2, 12 again
+
+
+def test_a_repeated_rrq_restarts_only_a_transfer_whose_client_went_quiet():
+    """Before any DATA is acknowledged a repeated RRQ is the first one retransmitted; while
+    ACKs arrive it is a late copy (queued behind the first on a loaded server); only after a
+    retransmission interval without progress does it mean the client started over."""
+    t = Transfer(os.urandom(5000), {"blksize": "512"}, now=10.0, retransmit_timeout=1.0)
+    t.start()
+    t.ack(0, 10.1)                     # the OACK acknowledged: DATA 1 goes out
+    assert not t.restarted_by(10.2) and not t.restarted_by(30.0)   # no DATA acknowledged yet
+    t.ack(1, 10.3)
+    t.ack(2, 10.4)
+    assert not t.restarted_by(10.5)    # ACKs are arriving: a late copy of the RRQ
+    assert not t.restarted_by(11.3)    # still within one retransmission interval
+    assert t.restarted_by(11.4)        # quiet for 1 s: the client starts over
