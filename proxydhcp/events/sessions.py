@@ -293,6 +293,13 @@ class Tracker:
         replied = ev["kind"] == "dhcp.reply"
         request = ev.get("request") if replied else ev.get("message")
         s = self.by_mac.get(mac)
+        if not replied and port == "67" and ev.get("reason") == "ignored_message":
+            # The client's own exchange with its DHCP server (its REQUEST for the corporate
+            # offer, a RELEASE...): normal, not ours to answer. Counted, but it neither fills
+            # the timeline nor hides the reason we were silent to its DISCOVERs.
+            if s is not None and not s.closed:
+                s.count("dhcp_server_messages")
+            return updates
         boot_start = port == "67" and request == "discover" and fw in _BOOT_FIRMWARE
         if boot_start:
             if s is None or s.closed or s.state != OPEN:

@@ -304,3 +304,23 @@ def test_as_dict_is_what_dataclasses_asdict_says_and_a_snapshot():
     assert d["stages"] == {"pxe_discover": 10.0} and d["ips"] == ["10.0.0.5"]
     assert d["counts"] == {"firmware_transfers": 1} and len(d["timeline"]) == 1
     assert Session.from_dict(d).as_dict() == d
+
+
+def corporate_request(t, mac=MAC, fw="legacy-pxe"):
+    """The client's DHCPREQUEST for its corporate offer, seen on 67: we never answer it."""
+    return {"kind": "dhcp.silence", "time": T0 + t, "port": "67", "reason": "ignored_message",
+            "detail": "REQUEST on 67", "mac": mac, "iface": "eth0", "arch": 7, "firmware": fw,
+            "message": "request"}
+
+
+def test_the_clients_own_dhcp_request_is_counted_not_reported():
+    """A REQUEST on 67 is the client's normal exchange with its DHCP server: it does not fill
+    the timeline, open a session, or replace why we were silent to its DISCOVERs."""
+    tr, ups = run([corporate_request(0, mac="52:54:00:00:00:99")])
+    assert ups == [] and tr.get("52:54:00:00:00:99") is None
+    tr, ups = run(UEFI_OK[:2] + [corporate_request(4.2)] + UEFI_OK[2:])
+    s = tr.get(MAC)
+    assert s.state == S.SUCCEEDED and s.n("dhcp_server_messages") == 1
+    assert not any("stayed silent" in e["text"] for e in s.timeline)
+    s = diagnosis_of([silent_discover(0), corporate_request(1), silent_discover(4)], 200)
+    assert s.diagnosis.code == S.NO_OFFER and "no_boot_file" in s.diagnosis.summary
