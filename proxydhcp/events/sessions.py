@@ -278,8 +278,10 @@ class Tracker:
         updates.append(Update("failed", s))
 
     def _touched(self, s: Session, updates: list) -> list:
-        if not any(u.session is s for u in updates):
-            updates.append(Update("updated", s))
+        for u in updates:        # a plain loop: a generator costs more than the 0-3 updates
+            if u.session is s:
+                return updates
+        updates.append(Update("updated", s))
         return updates
 
     # --- events ----------------------------------------------------------------------
