@@ -24,6 +24,7 @@ from proxydhcp.events.hooks import HookListener
 from proxydhcp.events.sessions import Session, Tracker
 from proxydhcp.events.store import EventStore, Reader, StoreError
 from proxydhcp.events.userhooks import UserHooks
+from proxydhcp.reactors import UsesReactor
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def paths(cfg) -> tuple[str, str, str]:
             cfg.events.spool or os.path.join(state, "spool"))
 
 
-class EventsService(Service):
+class EventsService(UsesReactor, Service):
     name = "events"
 
     def __init__(self, live: LiveConfig, bus: EventBus, reactor=None, clock=time.time) -> None:
@@ -56,13 +57,6 @@ class EventsService(Service):
         self._stage_children: dict = {}
         self._loops: list[LoopingCall] = []
         self.user_hooks: UserHooks | None = None
-
-    @property
-    def reactor(self):
-        if self._reactor is None:
-            from twisted.internet import reactor
-            self._reactor = reactor
-        return self._reactor
 
     def startService(self) -> None:
         from proxydhcp.service import StartupError

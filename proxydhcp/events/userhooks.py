@@ -23,6 +23,7 @@ from io import BytesIO
 from typing import Callable
 
 from proxydhcp import metrics
+from proxydhcp.reactors import UsesReactor
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def _process_protocol():
     return CommandProtocol
 
 
-class UserHooks:
+class UserHooks(UsesReactor):
     """The dispatcher. `hooks()` returns the current EventsConfig (read on each dispatch,
     so a config reload takes effect for the next event)."""
 
@@ -148,13 +149,6 @@ class UserHooks:
         self._agent = agent
         self._stopped = False
         self.counts = collections.Counter()   # (hook, result) -> n, for tests and logs
-
-    @property
-    def reactor(self):
-        if self._reactor is None:
-            from twisted.internet import reactor
-            self._reactor = reactor
-        return self._reactor
 
     # --- hot path ----------------------------------------------------------------------
     def on_update(self, update) -> None:

@@ -29,6 +29,7 @@ from proxydhcp.net import frames
 from proxydhcp.net.interfaces import InterfaceAddress, NetlinkWatch, read_interfaces
 from proxydhcp.service import StartupError
 from proxydhcp.responder import BAD_FRAME, BUSY, INTERNAL_ERROR, RATE_LIMITED, MALFORMED, PORT_DHCP, PORT_PROXY, REPLIED, Interface, Reply, respond
+from proxydhcp.reactors import UsesReactor
 
 log = logging.getLogger("proxydhcp.dhcp")
 
@@ -189,7 +190,7 @@ class _Port4011:
         self.sock.sendmsg([payload], [(socket.IPPROTO_IP, IP_PKTINFO, info)], 0, dest)
 
 
-class DHCPService(Service):
+class DHCPService(UsesReactor, Service):
     name = "dhcp"
 
     def __init__(self, live: LiveConfig, bus: EventBus, reactor=None, interfaces=read_interfaces) -> None:
@@ -224,13 +225,6 @@ class DHCPService(Service):
             mac = event.get("mac")
             if mac:
                 self._in_progress.release(mac)
-
-    @property
-    def reactor(self):
-        if self._reactor is None:
-            from twisted.internet import reactor
-            self._reactor = reactor
-        return self._reactor
 
     # --- lifecycle -------------------------------------------------------------------
     def startService(self) -> None:
