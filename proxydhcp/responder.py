@@ -183,12 +183,7 @@ def known_group(cfg: Config, mac: str, uuid=None, arch=None, interface=None, ip=
         return hit
     from proxydhcp.policy import groups as groupmod
     m = groupmod.Machine(mac=mac, ip=ip, uuid=uuid, arch=arch, interface=interface, vendor_class=vendor_class)
-    found = None
-    for g in pol.groups:
-        if all(k in STAGE_SELECTORS or groupmod.selector_matches(k, v, m) is not None
-               for k, v in g.selectors.items()):
-            found = g
-            break
+    found = next((g for g in pol.groups if groupmod.matches(g, m, ignore=STAGE_SELECTORS)), None)
     if len(_known) >= 4096:
         _known.clear()
     _known[key] = found

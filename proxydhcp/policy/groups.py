@@ -201,6 +201,12 @@ def selector_matches(key: str, values: list, m: Machine) -> str | None:
     return None
 
 
+def matches(g: Group, m: Machine, ignore=frozenset()) -> bool:
+    """Whether the machine matches every selector of the group, those named in `ignore` aside."""
+    return all(key in ignore or selector_matches(key, values, m) is not None
+               for key, values in g.selectors.items())
+
+
 def why_matches(g: Group, m: Machine) -> list[str] | None:
     """One line per selector saying how the machine matched, or None if it does not."""
     out = []
