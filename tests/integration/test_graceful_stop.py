@@ -94,6 +94,10 @@ def env():
         lab.work, lab.payload, lab.client_py, lab.big = work, payload, client, big
         lab.srv = lab.host("srv", f"{SERVER}/24")
         lab.cli = lab.host("cli", "10.83.0.50/24")
+        # small TCP buffers in both namespaces (per-netns sysctls), so the kernel cannot take the
+        # whole HTTP body at once and the response is still under way at SIGTERM on any host
+        lab.sh(lab.srv, "sysctl -qw net.ipv4.tcp_wmem='4096 16384 262144'")
+        lab.sh(lab.cli, "sysctl -qw net.ipv4.tcp_rmem='4096 65536 262144'")
         lab.proxy = lab.spawn(lab.srv, PY, "-m", "proxydhcp", "serve", "-c", cfg, "--log-format", "json", cwd=ROOT)
         ok = wait_for(lambda: " running (config:" in lab.output(lab.proxy) or lab.proxy.poll() is not None, 20)
         assert ok and lab.proxy.poll() is None, lab.output(lab.proxy)
@@ -105,7 +109,7 @@ def test_sigterm_lets_a_slow_transfer_finish_and_flushes_the_event(env):
     out = os.path.join(env.work, "got.bin")
     client = env.spawn(env.cli, PY, env.client_py, SERVER, "slow.bin", out, "0.03")
     assert wait_for(lambda: "started" in env.output(client) or client.poll() is not None, 20), env.output(client)
-    got_big = os.path.join(env.work, "got-big.bin")     # a slow HTTP download (8 MiB at 2 MiB/s)
+    got_big = os.path.join(env.work, "got-big.bin")     # a slow HTTP download (8 MiB at 2 MiB/s, 4 s)
     curl = env.spawn(env.cli, "curl", "-sS", "--fail", "--limit-rate", "2M", "-o", got_big,
                      f"http://{SERVER}:8080/big.bin")
     assert wait_for(lambda: os.path.exists(got_big) and os.path.getsize(got_big) > 0 or curl.poll() is not None, 10)
