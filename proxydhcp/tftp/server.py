@@ -196,7 +196,7 @@ class _Session:
     """One transfer: its sockets (its TID; see _transfer_sockets) and its state machine."""
 
     __slots__ = ("service", "sock", "stray", "peer", "transfer", "client", "file", "label", "key", "ended",
-                 "fd", "stray_fd", "gso")
+                 "fd", "stray_fd", "gso", "_recv_into", "_send1", "_ack")
 
     def __init__(self, service, sock, stray, peer, transfer, file, label, key) -> None:
         self.service, self.sock, self.stray, self.peer, self.transfer = service, sock, stray, peer, transfer
@@ -206,6 +206,8 @@ class _Session:
         self.fd = sock.fileno()
         self.stray_fd = stray.fileno()
         self.gso = service.gso
+        # bound once: the per-datagram path (handle) makes no attribute lookups for them
+        self._recv_into, self._send1, self._ack = sock.recv_into, sock.send, transfer.ack
 
     def send(self, datagrams) -> None:
         send = self.sock.send
@@ -249,7 +251,7 @@ class _Session:
         without a bytes object for it."""
         buf = _RECV_BUF
         try:
-            n = self.sock.recv_into(buf)
+            n = self._recv_into(buf)
         except BlockingIOError:
             return
         except ConnectionRefusedError:
@@ -259,7 +261,22 @@ class _Session:
             self.service._end(self, ABORTED, f"receive failed: {exc.strerror}")
             return
         if n >= 4 and buf[1] == 4 and buf[0] == 0:
-            self._emit(self.transfer.ack((buf[2] << 8) | buf[3], now))
+            out = self._ack((buf[2] << 8) | buf[3], now)
+            if out:
+                if len(out) == 1:           # lock-step: _emit's common case, inlined
+                    try:
+                        self._send1(out[0])
+                        return
+                    except BlockingIOError:
+                        return              # socket buffer full: as if lost, the timer resends
+                    except ConnectionRefusedError:
+                        self._icmp_error()
+                        return
+                    except OSError:
+                        pass                # _emit sorts out which error
+                self._emit(out)
+            elif self.transfer.done and not self.ended:
+                self.service._end(self)
         else:
             self._packet(bytes(buf[:n]), now)
 
@@ -371,6 +388,7 @@ class _Transfers:
         sessions, strays, poll = service.sessions, service._strays, self.epoll.poll
         monotonic = time.monotonic
         waiter = self.waiter
+        epollin = _EPOLLIN
         until = None
         # Poll again after each batch: in a storm the ACKs for what was just sent are often
         # back already, and one more poll costs less than a reactor wake-up (measured: 12
@@ -382,7 +400,7 @@ class _Transfers:
                 for fd, ev in ready:
                     session = sessions.get(fd)
                     if session is not None:
-                        if ev & _EPOLLIN:
+                        if ev & epollin:
                             session.handle(now)
                         elif ev & _EPOLLERR:
                             session._icmp_error()      # ICMP error queued (IP_RECVERR), no data

@@ -52,6 +52,8 @@ class Blocks:
     def packets(self, start: int, end: int) -> list:
         """DATA packets for absolute blocks start..end-1 (1 <= start)."""
         view, bs, hdr = self.view, self.blksize, pk.DATA_HEADERS
+        if end - start == 1:                    # lock-step: no comprehension frame
+            return [hdr[start & 0xFFFF] + view[(start - 1) * bs:start * bs]]
         return [hdr[n & 0xFFFF] + view[(n - 1) * bs:n * bs] for n in range(start, end)]
 
 
@@ -109,6 +111,7 @@ class Transfer:
         self.requested = dict(options or {})
         self.oack, self.blksize, self.windowsize, client_timeout = negotiate(self.requested, size, mtu)
         self.blocks = (blocks_for or (lambda bs: Blocks(data, bs)))(self.blksize)
+        self._packets = self.blocks.packets
         self._last = self.blocks.count          # absolute number of the last block
         self._window = self.windowsize
         self._rto0 = client_timeout or retransmit_timeout
@@ -230,7 +233,7 @@ class Transfer:
             end = last + 1
         self._sent = end - 1
         self.deadline = now + self._rto
-        return self.blocks.packets(acked + 1, end)
+        return self._packets(acked + 1, end)
 
     def _not_ack(self, data: bytes, now: float) -> list:
         try:
