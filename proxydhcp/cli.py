@@ -72,6 +72,7 @@ def _cmd_serve(args) -> int:
     signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(graceful))
     signal.signal(signal.SIGINT, lambda *_: reactor.callFromThread(graceful))
     reactor.addSystemEventTrigger("before", "shutdown", lambda: top.stopService() if top.running else None)
+    service.tune_gc(reactor)
     reactor.run(installSignalHandlers=False)
     log.info("stopped")
     return 0

@@ -5,7 +5,7 @@ one JSON event per line in, one answer per line out, in order: "ok" once the eve
 committed to the store, "reject <why>" for an event we will never accept, "retry <why>"
 when it could not be stored. Only after the commit is the event emitted on the bus (so the
 session tracker and metrics see it) and a spool file deleted. The reactor never waits on
-the disk: the store's writer thread calls back through reactor.callFromThread.
+the disk: the store's results thread calls back through reactor.callFromThread.
 Must not parse DHCP servers' arguments (the hooks do that) nor decide sessions.
 """
 

@@ -1,10 +1,10 @@
 """The events service: the store, the session tracker and the hook intake, on the bus.
 
-Owns the wiring of proxydhcp.events.store (writer thread), .sessions (pure tracker) and
+Owns the wiring of proxydhcp.events.store (writer process), .sessions (pure tracker) and
 .hooks (socket + spool) into one Twisted service, the timers (stall check, retention,
 spool rescan) and the boot-session metrics. On the hot path it only queues the event and
 feeds the tracker (microseconds); serialising changed sessions happens a moment later in
-one reactor call, writing them happens in the store's thread.
+one reactor call, writing them happens in the store's writer process.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from proxydhcp.reactors import UsesReactor
 log = logging.getLogger(__name__)
 
 SESSION_FLUSH_DELAY = 0.2    # seconds: changed sessions are written in batches
+FLUSH_SLICE = 64             # sessions serialised per reactor turn
+TICK_SLICE = 256             # sessions closed per reactor turn
 SPOOL_RESCAN = 10.0          # seconds: spool files written while we were busy
 PRUNE_EVERY = 3600.0
 
@@ -52,8 +54,10 @@ class EventsService(UsesReactor, Service):
         self.store: EventStore | None = None
         self.tracker: Tracker | None = None
         self.hooks: HookListener | None = None
-        self._dirty: dict[str, Session] = {}
+        self._dirty: dict[str, Session] = {}      # changed since the last flush began
+        self._flushing: list[Session] = []          # being handed to the store, a slice per turn
         self._flush_call = None
+        self._tick_more = None
         self._stage_children: dict = {}
         self._loops: list[LoopingCall] = []
         self.user_hooks: UserHooks | None = None
@@ -94,6 +98,8 @@ class EventsService(UsesReactor, Service):
         for loop in self._loops:
             if loop.running:
                 loop.stop()
+        if self._tick_more is not None and self._tick_more.active():
+            self._tick_more.cancel()
         self._loops.clear()
         if self.hooks is not None:
             self.hooks.stop()
@@ -128,7 +134,12 @@ class EventsService(UsesReactor, Service):
             self.user_hooks.on_event(event)   # lease events; only queues
 
     def tick(self) -> None:
-        self._apply(self.tracker.tick(self.clock()))
+        """Stalled sessions fail, old ones are forgotten: TICK_SLICE per reactor turn, so that a
+        storm's sessions expiring together do not hold the reactor for a second."""
+        now = self.clock()
+        self._apply(self.tracker.tick(now, TICK_SLICE))
+        if self.tracker.due(now) and (self._tick_more is None or not self._tick_more.active()):
+            self._tick_more = self.reactor.callLater(0, self.tick)
 
     def _apply(self, updates) -> None:
         for u in updates:
@@ -155,14 +166,37 @@ class EventsService(UsesReactor, Service):
                 log.warning("boot session %s (%s) failed after %s: %s: %s Try: %s", s.id, s.mac,
                             s.last_stage, s.diagnosis.code, s.diagnosis.summary, s.diagnosis.advice)
         if self._dirty and self._flush_call is None:
-            self._flush_call = self.reactor.callLater(SESSION_FLUSH_DELAY, self._flush_sessions)
+            self._flush_call = self.reactor.callLater(SESSION_FLUSH_DELAY, self._flush_slice)
 
     def _flush_sessions(self) -> None:
+        """Hand every changed session to the store now (at stop)."""
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
-        dirty, self._dirty = self._dirty, {}
+        self._take_dirty()
+        self._flush_some(len(self._flushing))
+
+    def _flush_slice(self) -> None:
+        """The timer: at most FLUSH_SLICE sessions per reactor turn, so that a storm's thousands
+        of new sessions never hold the reactor for milliseconds while packets wait."""
+        self._flush_call = None
+        if not self._flushing:
+            self._take_dirty()
+        self._flush_some(FLUSH_SLICE)
+        if self._flushing:
+            self._flush_call = self.reactor.callLater(0, self._flush_slice)
+        elif self._dirty:
+            self._flush_call = self.reactor.callLater(SESSION_FLUSH_DELAY, self._flush_slice)
+
+    def _take_dirty(self) -> None:
+        self._flushing.extend(self._dirty.values())   # each is written as it is when its turn comes
+        self._dirty = {}
+
+    def _flush_some(self, n: int) -> None:
+        todo = self._flushing
+        now, self._flushing = todo[:n], todo[n:]
         if self.store is None:
             return
-        for s in dirty.values():
-            self.store.save_session(s.as_dict())
+        save = self.store.save_session
+        for s in now:
+            save(s.as_dict())

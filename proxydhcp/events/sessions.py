@@ -15,6 +15,7 @@ firmware transfer, the transfer is given to that one (the BIOS path never asks 4
 from __future__ import annotations
 
 import dataclasses
+import heapq
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -181,6 +182,7 @@ class Tracker:
         self.by_mac: OrderedDict[str, Session] = OrderedDict()   # the latest session per MAC
         self.by_ip: OrderedDict[str, str] = OrderedDict()        # ip -> mac
         self.leases: OrderedDict[str, dict] = OrderedDict()      # mac -> last lease (no session yet)
+        self._due: list[tuple[float, str, str]] = []             # heap: (due time, mac, session id)
 
     # --- input -----------------------------------------------------------------------
     def feed(self, event: dict) -> list[Update]:
@@ -192,28 +194,70 @@ class Tracker:
             return []
         return handler(event, [])
 
-    def tick(self, now: float) -> list[Update]:
+    def tick(self, now: float, limit: int | None = None) -> list[Update]:
         """Close sessions idle for stall_timeout: open ones fail with a diagnosis,
-        succeeded ones are simply closed. Forget closed sessions after lease_window."""
+        succeeded ones are simply closed. Forget closed sessions after lease_window.
+        Looks only at sessions that are due (a heap of due times), so its cost follows what
+        expires, not how many sessions are kept; `limit` bounds the sessions closed in one
+        call (a storm's thousands expiring together), `due(now)` says whether more wait."""
         updates: list[Update] = []
-        for mac, s in list(self.by_mac.items()):
+        heap = self._due
+        if len(heap) > 4 * len(self.by_mac) + 1024:   # entries of evicted sessions: drop them
+            self._rebuild_due()
+        keep = max(self.lease_window, self.stall_timeout)
+        later, closed = [], 0
+        while heap and heap[0][0] <= now and (limit is None or closed < limit):
+            _, mac, sid = heapq.heappop(heap)
+            s = self.by_mac.get(mac)
+            if s is None or s.id != sid:
+                continue              # replaced by a newer session or evicted: nothing to do
             if s.closed:
-                if now - s.updated > max(self.lease_window, self.stall_timeout):
+                if now - s.updated > keep:
                     del self.by_mac[mac]
+                else:
+                    later.append((s.updated + keep, mac, sid))
                 continue
             if now - s.updated < self.stall_timeout:
+                heapq.heappush(heap, (s.updated + self.stall_timeout, mac, sid))   # touched since
                 continue
+            closed += 1
             if s.state == OPEN:
                 self._fail(s, diagnose(s, self.loop_threshold), now, updates)
             else:
                 s.closed = True
                 updates.append(Update("closed", s))
+            heapq.heappush(heap, (s.updated + keep, mac, sid))
+        for entry in later:
+            heapq.heappush(heap, entry)
         return updates
+
+    def due(self, now: float) -> bool:
+        """Whether tick(now) has work left (after a tick that hit its limit)."""
+        heap = self._due
+        while heap:
+            _, mac, sid = heap[0]
+            s = self.by_mac.get(mac)
+            if s is not None and s.id == sid:
+                return heap[0][0] <= now
+            heapq.heappop(heap)
+        return False
+
+    def _schedule(self, s: Session) -> None:
+        """s needs a look at its due time (its only entry: a later touch is found when it comes)."""
+        keep = max(self.lease_window, self.stall_timeout) if s.closed else self.stall_timeout
+        heapq.heappush(self._due, (s.updated + keep, s.mac, s.id))
+
+    def _rebuild_due(self) -> None:
+        """Drop the entries of sessions no longer kept (evicted or replaced)."""
+        self._due = []
+        for s in self.by_mac.values():
+            self._schedule(s)
 
     def restore(self, sessions: list[Session]) -> None:
         """Take back sessions that were open when the daemon stopped."""
         for s in sorted(sessions, key=lambda s: s.updated):
             self.by_mac[s.mac] = s
+            self._schedule(s)
             for ip in s.ips:
                 self._learn_ip(ip, s.mac)
 
@@ -237,6 +281,7 @@ class Tracker:
             if lease.get("ip"):
                 s.ips.append(lease["ip"])
         self.by_mac[mac] = s
+        self._schedule(s)
         while len(self.by_mac) > self.max_sessions:
             self.by_mac.popitem(last=False)
         updates.append(Update("opened", s))

@@ -1,8 +1,10 @@
 """The event store: every event and every boot session, in SQLite (WAL) under state.dir.
 
 Owns the database file, its schema (version in PRAGMA user_version, migrations applied in
-order at open) and the one writer thread. Callers never touch the disk: `record()` and
-`save_session()` only queue (the bus observer on the hot path costs a queue put);
+order at open) and the one writer: a child process (proxydhcp.events.writer) that turns
+batches into JSON rows and SQLite transactions, so that this work never holds the daemon's
+GIL while the reactor answers packets. Callers never touch the disk: `record()` and
+`save_session()` only queue (the bus observer on the hot path costs a deque append);
 `record_durable()` queues an event and calls back once its transaction is committed, which
 is what a hook's acknowledgement waits for. Reads (`Reader`) use their own connection and
 may run in any process (the CLI) while the daemon writes. Must not import Twisted.
@@ -14,11 +16,16 @@ Hook events carry a `uid`: the same event delivered twice (socket, then spool) i
 
 from __future__ import annotations
 
+import collections
+import itertools
 import json
 import logging
+import marshal
 import os
-import collections
 import sqlite3
+import struct
+import subprocess
+import sys
 import threading
 import time
 from typing import Callable
@@ -116,13 +123,111 @@ def _session_row(s: dict) -> tuple:
             json.dumps(s, default=str, separators=(",", ":")))
 
 
-_STOP = object()
 # What record_durable's callback is told.
 STORED, DUPLICATE, FAILED = "stored", "duplicate", "failed"
 
+# Items the daemon sends the writer process, each (kind, payload, token): token is None or the
+# number under which a callback waits for the item's result.
+EVENT, SESSION, PRUNE, CALL, USER, STOP = "event", "session", "prune", "call", "user", "stop"
+_FRAME = struct.Struct("!I")
+COALESCE = 0.01     # seconds the pump waits after a wake-up, so that a burst leaves as one batch
+
+
+def write_batch(conn: sqlite3.Connection, batch: list) -> tuple[int, str | None, list]:
+    """Write one batch in one transaction (the writer process's work, testable without it).
+    Returns (events written, an error text or None, [(token, result)] for every item with a
+    token: STORED/DUPLICATE/FAILED for an event, rows deleted for a prune, True/False else)."""
+    events = [b for b in batch if b[0] == EVENT]
+    sessions: dict = {}
+    for b in batch:
+        if b[0] == SESSION:
+            sessions[b[1]["id"]] = b[1]   # the latest state of each session wins
+    prunes = [b for b in batch if b[0] == PRUNE]
+    durable = any(token is not None for _, _, token in events)
+    error = None
+    pruned = 0
+    fresh: dict = {}
+    if events or sessions or prunes:
+        try:
+            conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            conn.execute("BEGIN IMMEDIATE")
+            insert = "INSERT OR IGNORE INTO events(uid, time, kind, mac, ip, data) VALUES (?,?,?,?,?,?)"
+            conn.executemany(insert, [_event_row(e) for _, e, token in events if token is None])
+            for _, e, token in events:
+                if token is not None:   # a hook waits: tell it whether this was new
+                    fresh[token] = conn.execute(insert, _event_row(e)).rowcount == 1
+            conn.executemany("INSERT OR REPLACE INTO sessions(id, mac, started, updated, state, closed, "
+                             "last_stage, diagnosis, arch, firmware, data) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                             [_session_row(s) for s in sessions.values()])
+            for _, cutoff, _ in prunes:
+                pruned += conn.execute("DELETE FROM events WHERE time < ?", (cutoff,)).rowcount
+                pruned += conn.execute("DELETE FROM sessions WHERE updated < ? AND closed = 1",
+                                       (cutoff,)).rowcount
+            conn.execute("COMMIT")
+        except Exception as exc:
+            error = f"writing {len(events)} events and {len(sessions)} sessions failed: {exc!r}"
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+    results = []
+    for kind, _payload, token in batch:
+        if token is None:
+            continue
+        if kind == PRUNE:
+            results.append((token, pruned))
+        elif kind == EVENT:
+            results.append((token, FAILED if error else STORED if fresh.get(token) else DUPLICATE))
+        else:
+            results.append((token, error is None))
+    return (0 if error else len(events)), error, results
+
+
+def _plain(item: tuple) -> tuple:
+    """An item marshal cannot carry (a value that is not plain data) made plain, as the JSON
+    column would store it."""
+    kind, payload, token = item
+    return kind, json.loads(json.dumps(payload, default=str)), token
+
+
+def encode_frame(batch: list) -> bytes:
+    try:
+        body = marshal.dumps(batch)
+    except ValueError:
+        body = marshal.dumps([_plain(item) for item in batch])
+    return _FRAME.pack(len(body)) + body
+
+
+def read_frame(fd: int):
+    """One frame's decoded body from a pipe, or None at its end."""
+    head = _read_exactly(fd, _FRAME.size)
+    if head is None:
+        return None
+    body = _read_exactly(fd, _FRAME.unpack(head)[0])
+    return None if body is None else marshal.loads(body)
+
+
+def _read_exactly(fd: int, n: int):
+    chunks, left = [], n
+    while left:
+        chunk = os.read(fd, left)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
 
 class EventStore:
-    """The writing side. open() creates/migrates the file; start() runs the writer thread."""
+    """The writing side. open() creates/migrates the file; start() runs the writer process
+    (proxydhcp.events.writer: JSON and SQLite there, so the reactor never shares the GIL with
+    them) and, here, a pump thread that sends it batches and a thread that reads its results."""
 
     def __init__(self, state_dir: str, retention_days: float = 30.0, max_queue: int = 100_000,
                  max_batch: int = 2000) -> None:
@@ -130,42 +235,92 @@ class EventStore:
         self.path = db_path(state_dir)
         self.retention_days = retention_days
         self.max_batch = max_batch
-        # The reactor appends, the writer thread pops: a deque's append and popleft are atomic,
-        # and the wake-up Event is set only when it is not already (a queue.Queue put takes a
-        # lock and a condition for every event, on the reactor thread).
+        # The reactor appends, the pump thread pops: a deque's append and popleft are atomic,
+        # and the wake-up Event is set only when it is not already.
         self.max_queue = max_queue
         self._items: collections.deque = collections.deque()
         self._wake = threading.Event()
-        self._conn: sqlite3.Connection | None = None
-        self._thread: threading.Thread | None = None
+        self._proc: subprocess.Popen | None = None
+        self._pump_thread: threading.Thread | None = None
+        self._results_thread: threading.Thread | None = None
+        self._callbacks: dict[int, Callable] = {}     # token -> callback, until the writer answers
+        self._tokens = itertools.count(1)
+        self._user: tuple[int, int] | None = None
+        self._respawned_at = 0.0
         self.dropped = 0           # events refused because the queue was full
         self.written = 0
         self.failed_batches = 0
 
     def open(self) -> None:
+        """Create the file and bring its schema up to date (here, so that an error stops the
+        start with a clear message)."""
         try:
             os.makedirs(self.state_dir, exist_ok=True)
-            self._conn = connect(self.path)
-            migrate(self._conn)
+            conn = connect(self.path)
+            try:
+                migrate(conn)
+            finally:
+                conn.close()
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the event store {self.path}: {exc} "
                              f"(check state.dir and its permissions)") from None
 
     def start(self) -> None:
-        if self._conn is None:
-            self.open()
-        self._thread = threading.Thread(target=self._run, name="event-store", daemon=True)
-        self._thread.start()
+        self.open()
+        self._spawn()
+        self._pump_thread = threading.Thread(target=self._pump, name="event-store-pump", daemon=True)
+        self._pump_thread.start()
+
+    def _spawn(self) -> None:
+        package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+        # The running interpreter itself: its path may not be reachable by this user (a venv
+        # whose python links into root's home, when started unprivileged with capabilities).
+        exe = sys.executable if os.access(sys.executable, os.X_OK) else "/proc/self/exe"
+        try:
+            self._proc = subprocess.Popen([sys.executable, "-m", "proxydhcp.events.writer", self.path],
+                                          executable=exe, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          env=env, close_fds=True, bufsize=0)
+        except OSError as exc:
+            raise StoreError(f"cannot start the event store's writer ({sys.executable}): {exc}") from None
+        if self._user is not None:   # a writer started after the privilege drop drops too
+            write_all(self._proc.stdin.fileno(), encode_frame([(USER, list(self._user), None)]))
+        self._results_thread = threading.Thread(target=self._results, args=(self._proc,),
+                                                name="event-store-results", daemon=True)
+        self._results_thread.start()
+
+    def drop_to(self, uid: int, gid: int) -> None:
+        """The daemon drops root: the writer process becomes uid:gid too (in queue order)."""
+        self._user = (uid, gid)
+        self._push((USER, [uid, gid], None))
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Write what is queued, then stop the thread and close the file."""
-        if self._thread is not None:
-            self._push(_STOP)
-            self._thread.join(timeout)
-            self._thread = None
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        """Write what is queued, then stop the threads and the writer process."""
+        if self._pump_thread is not None:
+            self._push((STOP, None, None))
+            self._pump_thread.join(timeout)
+            self._pump_thread = None
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.error("event store: the writer did not finish within %.0f s: killed", timeout)
+                proc.kill()
+                proc.wait()
+        if self._results_thread is not None:
+            self._results_thread.join(timeout)
+            self._results_thread = None
+        self._fail_waiting()
+
+    @property
+    def writer_pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
 
     # --- queueing (any thread, never blocks) -----------------------------------------
     def _push(self, item) -> None:
@@ -173,106 +328,125 @@ class EventStore:
         if not self._wake.is_set():
             self._wake.set()
 
-    def _put(self, item) -> bool:
+    def _put(self, kind: str, payload, callback: Callable | None) -> bool:
         if len(self._items) >= self.max_queue:
             self.dropped += 1
             return False
-        self._push(item)
+        token = None
+        if callback is not None:
+            token = next(self._tokens)
+            self._callbacks[token] = callback
+        self._push((kind, payload, token))
         return True
 
     def record(self, event: dict) -> None:
         """Bus observer: queue the event for the next batch."""
-        self._put(("event", event, None))
+        self._put(EVENT, event, None)
 
     def record_durable(self, event: dict, on_done: Callable[[str], None]) -> None:
         """Queue the event; once its transaction is committed, on_done(STORED) (or DUPLICATE:
-        its uid was already there; FAILED: not stored), called from the writer thread."""
-        if not self._put(("event", event, on_done)):
+        its uid was already there; FAILED: not stored), called from a store thread."""
+        if not self._put(EVENT, event, on_done):
             on_done(FAILED)
 
     def save_session(self, session: dict) -> None:
-        self._put(("session", session, None))
+        self._put(SESSION, session, None)
 
     def prune(self, now: float | None = None, on_done: Callable[[int], None] | None = None) -> None:
         """Queue deletion of events and closed sessions older than the retention."""
         cutoff = (now or time.time()) - self.retention_days * 86400
-        self._put(("prune", cutoff, on_done))
+        self._put(PRUNE, cutoff, on_done)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far is written (tests, shutdown)."""
         done = threading.Event()
-        self._push(("call", None, lambda _: done.set()))
+        token = next(self._tokens)
+        self._callbacks[token] = lambda _: done.set()
+        self._push((CALL, None, token))
         return done.wait(timeout)
 
-    # --- the writer thread -----------------------------------------------------------
-    def _run(self) -> None:
-        stopping = False
+    # --- the pump thread: batches to the writer ----------------------------------------
+    def _pump(self) -> None:
         items, popleft = self._items, self._items.popleft
+        stopping = False
         while not stopping:
             if not items:
                 self._wake.wait()
             self._wake.clear()     # before draining: an append after this sets it again
-            batch = []
-            while items and len(batch) < self.max_batch:
-                batch.append(popleft())
-            if not batch:
-                continue
-            if _STOP in batch:
-                stopping = True
-                batch = [b for b in batch if b is not _STOP]
-            self._write(batch)
+            time.sleep(COALESCE)
+            while items:
+                batch = []
+                while items and len(batch) < self.max_batch:
+                    batch.append(popleft())
+                if any(b[0] == STOP for b in batch):
+                    stopping = True
+                    batch = [b for b in batch if b[0] != STOP]
+                if batch:
+                    self._send(batch)
 
-    def _write(self, batch: list) -> None:
-        conn = self._conn
-        events = [b for b in batch if b[0] == "event"]
-        sessions: dict = {}
-        for b in batch:
-            if b[0] == "session":
-                sessions[b[1]["id"]] = b[1]   # the latest state of each session wins
-        prunes = [b for b in batch if b[0] == "prune"]
-        durable = any(cb is not None for kind, _, cb in events)
-        ok = True
-        pruned = 0
-        fresh: dict = {}
-        if events or sessions or prunes:
+    def _send(self, batch: list) -> None:
+        for attempt in (1, 2):
+            proc = self._proc
             try:
-                conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-                conn.execute("BEGIN IMMEDIATE")
-                insert = "INSERT OR IGNORE INTO events(uid, time, kind, mac, ip, data) VALUES (?,?,?,?,?,?)"
-                conn.executemany(insert, [_event_row(e) for _, e, cb in events if cb is None])
-                for _, e, cb in events:
-                    if cb is not None:   # a hook waits: tell it whether this was new
-                        fresh[id(e)] = conn.execute(insert, _event_row(e)).rowcount == 1
-                conn.executemany("INSERT OR REPLACE INTO sessions(id, mac, started, updated, state, closed, "
-                                 "last_stage, diagnosis, arch, firmware, data) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                                 [_session_row(s) for s in sessions.values()])
-                for _, cutoff, _ in prunes:
-                    pruned += conn.execute("DELETE FROM events WHERE time < ?", (cutoff,)).rowcount
-                    pruned += conn.execute("DELETE FROM sessions WHERE updated < ? AND closed = 1",
-                                           (cutoff,)).rowcount
-                conn.execute("COMMIT")
-                self.written += len(events)
-            except Exception:
-                ok = False
+                if proc is None:
+                    raise BrokenPipeError("no writer process")
+                write_all(proc.stdin.fileno(), encode_frame(batch))
+                return
+            except (OSError, ValueError) as exc:
+                if attempt == 2 or not self._respawn(exc):
+                    break
+        self.failed_batches += 1
+        for _kind, _payload, token in batch:    # the lost batch: whoever waits is told
+            self._answer(token, FAILED if _kind == EVENT else 0 if _kind == PRUNE else False)
+
+    def _respawn(self, why) -> bool:
+        """The writer died (it should not): start another, at most every 10 s."""
+        now = time.monotonic()
+        if now - self._respawned_at < 10.0:
+            return False
+        self._respawned_at = now
+        log.error("event store: the writer process is gone (%s): starting a new one", why)
+        try:
+            self._spawn()
+        except StoreError as exc:
+            log.error("%s", exc)
+            return False
+        return True
+
+    # --- the results thread: what the writer answered --------------------------------
+    def _results(self, proc: subprocess.Popen) -> None:
+        fd = proc.stdout.fileno()
+        while True:
+            try:
+                frame = read_frame(fd)
+            except (OSError, ValueError, EOFError, TypeError):
+                frame = None
+            if frame is None:
+                break
+            written, error, results = frame
+            self.written += written
+            if error:
                 self.failed_batches += 1
-                log.exception("event store: writing %d events failed", len(events))
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-        for kind, payload, cb in batch:
-            if cb is None:
-                continue
-            if kind == "prune":
-                result = pruned
-            elif kind == "event":
-                result = (STORED if fresh.get(id(payload)) else DUPLICATE) if ok else FAILED
-            else:
-                result = ok
-            try:
-                cb(result)
-            except Exception:
-                log.exception("event store callback failed")
+                log.error("event store: %s", error)
+            for token, result in results:
+                self._answer(token, result)
+        try:
+            proc.stdout.close()
+        except OSError:
+            pass
+
+    def _answer(self, token, result) -> None:
+        cb = self._callbacks.pop(token, None) if token is not None else None
+        if cb is None:
+            return
+        try:
+            cb(result)
+        except Exception:
+            log.exception("event store callback failed")
+
+    def _fail_waiting(self) -> None:
+        for token in list(self._callbacks):
+            self._answer(token, FAILED)
 
 
 class Reader:

@@ -390,6 +390,7 @@ class _Transfers:
         waiter = self.waiter
         epollin = _EPOLLIN
         until = None
+        entered = monotonic()
         # Poll again after each batch: in a storm the ACKs for what was just sent are often
         # back already, and one more poll costs less than a reactor wake-up (measured: 12
         # datagrams per wake-up instead of 2). Bounded, so the reactor's other work goes on.
@@ -408,6 +409,8 @@ class _Transfers:
                         session = strays.get(fd)
                         if session is not None:
                             session.handle_stray(now)
+                if now - entered >= HOLD_MAX:
+                    return                             # busy all along: the reactor's turn now
                 continue
             if waiter is None or not sessions:
                 return

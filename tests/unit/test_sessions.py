@@ -324,3 +324,50 @@ def test_the_clients_own_dhcp_request_is_counted_not_reported():
     assert not any("stayed silent" in e["text"] for e in s.timeline)
     s = diagnosis_of([silent_discover(0), corporate_request(1), silent_discover(4)], 200)
     assert s.diagnosis.code == S.NO_OFFER and "no_boot_file" in s.diagnosis.summary
+
+
+def _macs(n):
+    return [f"52:54:00:00:{i >> 8:02x}:{i & 255:02x}" for i in range(n)]
+
+
+def test_tick_closes_only_what_is_due_and_a_limit_slices_a_mass_expiry():
+    tr = S.Tracker(stall_timeout=120)
+    macs = _macs(1000)
+    for i, mac in enumerate(macs):
+        tr.feed(discover(i * 0.01, mac=mac))
+    tr.feed(request4011(10, mac=macs[0]))          # touched later: due later than its DISCOVER says
+    assert tr.tick(T0 + 100) == [] and not tr.due(T0 + 100)
+    now = T0 + 129.995                            # every DISCOVER-only session is due, macs[0] is not
+    assert tr.due(now)
+    first = tr.tick(now, limit=300)
+    assert [u.kind for u in first] == ["failed"] * 300 and tr.due(now)
+    rest = []
+    while tr.due(now):
+        rest += tr.tick(now, limit=300)
+    failed = {u.session.mac for u in first + rest}
+    assert len(failed) == 999 and macs[0] not in failed
+    assert all(tr.get(m).diagnosis.code == S.OFFER_IGNORED for m in failed)
+    assert [u.session.mac for u in tr.tick(T0 + 131)] == [macs[0]]
+
+
+def test_tick_takes_events_out_of_time_order():
+    tr = S.Tracker(stall_timeout=120)
+    a, b = _macs(2)
+    tr.feed(discover(50, mac=a))
+    tr.feed(discover(0, mac=b))       # fed later, but older: due first
+    assert [u.session.mac for u in tr.tick(T0 + 121)] == [b]
+    assert [u.session.mac for u in tr.tick(T0 + 171)] == [a]
+
+
+def test_evicted_and_replaced_sessions_leave_no_work_behind():
+    tr = S.Tracker(stall_timeout=120, max_sessions=100)
+    for rnd in range(30):               # 3,000 sessions through a tracker that keeps 100
+        for mac in _macs(100):
+            tr.feed(discover(rnd, mac=f"{mac[:3]}{rnd:02x}{mac[5:]}"))
+    tr.tick(T0 + 1)                       # nothing due yet; entries of evicted sessions dropped
+    assert len(tr.by_mac) == 100 and len(tr._due) <= 4 * 100 + 1024
+    ups = tr.tick(T0 + 29 + 120)
+    assert len(ups) == 100 and {u.session.mac[3:5] for u in ups} == {"1d"}   # only the kept (last) round
+    tr.feed(discover(200))
+    tr.feed(discover(201))              # a new session for the same MAC replaces the open one
+    assert [u.session.id for u in tr.tick(T0 + 201 + 120)] == [tr.get(MAC).id]
