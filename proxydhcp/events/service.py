@@ -58,6 +58,7 @@ class EventsService(UsesReactor, Service):
         self._flushing: list[Session] = []          # being handed to the store, a slice per turn
         self._flush_call = None
         self._tick_more = None
+        self._arch_labels: dict = {}      # arch code -> metric label (its boot series exist)
         self._stage_children: dict = {}
         self._loops: list[LoopingCall] = []
         self.user_hooks: UserHooks | None = None
@@ -142,14 +143,21 @@ class EventsService(UsesReactor, Service):
             self._tick_more = self.reactor.callLater(0, self.tick)
 
     def _apply(self, updates) -> None:
+        if not updates:
+            return
+        hooks = self.user_hooks if self.user_hooks is not None and self.user_hooks.configured() else None
+        dirty, labels = self._dirty, self._arch_labels
         for u in updates:
             s = u.session
-            self._dirty[s.id] = s
-            a = archtable.label(s.arch)
-            if self.user_hooks is not None:
-                self.user_hooks.on_update(u)   # only queues; runs in a later reactor turn
-            if u.kind == "opened":
+            dirty[s.id] = s
+            a = labels.get(s.arch)
+            if a is None:
+                a = labels[s.arch] = archtable.label(s.arch)
                 metrics.init_boot_series((a,))
+            if hooks is not None:
+                hooks.on_update(u)   # only queues; runs in a later reactor turn
+            if u.kind == "opened":
+                pass
             elif u.kind == "stage":
                 key = (u.stage, a)
                 child = self._stage_children.get(key)

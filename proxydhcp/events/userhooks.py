@@ -172,6 +172,10 @@ class UserHooks(UsesReactor):
         except Exception:
             log.exception("user hooks: cannot dispatch a lease event")
 
+    def configured(self) -> bool:
+        """Whether any user hook is configured now (the events service skips the rest if not)."""
+        return bool(self._hooks())
+
     def _hooks(self) -> list:
         cfg = self.settings()
         raw = getattr(cfg, "user_hooks", None) or []

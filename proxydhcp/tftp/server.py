@@ -68,7 +68,7 @@ SWEEP_INTERVAL = 0.05
 LISTEN_BATCH = 64
 HOLD_MAX = 0.002                         # a reactor wake-up serves transfers this long at most
 HOLD_BATCHES = 256                       # ... and at most this many batches of datagrams
-SPIN_MAX = 0.0002                        # busy-poll this long for the next datagram (see _Transfers)
+SPIN_MAX = float(os.environ.get("TFTP_SPIN_MAX", "0.0002"))                        # busy-poll this long for the next datagram (see _Transfers)
 RCVBUF = 4 << 20
 _PKTINFO = struct.Struct("=I4s4s")
 _GSO_SIZE = struct.Struct("=H")
