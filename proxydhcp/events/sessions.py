@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -182,7 +183,10 @@ class Tracker:
         self.by_mac: OrderedDict[str, Session] = OrderedDict()   # the latest session per MAC
         self.by_ip: OrderedDict[str, str] = OrderedDict()        # ip -> mac
         self.leases: OrderedDict[str, dict] = OrderedDict()      # mac -> last lease (no session yet)
-        self._due: list[tuple[float, str, str]] = []             # heap: (due time, mac, session id)
+        # heaps of (due time, mac, session id): open sessions by when they stall, closed ones
+        # by when they are forgotten
+        self._open_due: list[tuple[float, str, str]] = []
+        self._closed_due: list[tuple[float, str, str]] = []
 
     # --- input -----------------------------------------------------------------------
     def feed(self, event: dict) -> list[Update]:
@@ -197,28 +201,21 @@ class Tracker:
     def tick(self, now: float, limit: int | None = None) -> list[Update]:
         """Close sessions idle for stall_timeout: open ones fail with a diagnosis,
         succeeded ones are simply closed. Forget closed sessions after lease_window.
-        Looks only at sessions that are due (a heap of due times), so its cost follows what
+        Looks only at sessions that are due (heaps of due times), so its cost follows what
         expires, not how many sessions are kept; `limit` bounds the sessions closed in one
         call (a storm's thousands expiring together), `due(now)` says whether more wait."""
         updates: list[Update] = []
-        heap = self._due
-        if len(heap) > 4 * len(self.by_mac) + 1024:   # entries of evicted sessions: drop them
-            self._rebuild_due()
-        keep = max(self.lease_window, self.stall_timeout)
-        later, closed = [], 0
+        keep = self._keep
+        heap, closed = self._open_due, 0
         while heap and heap[0][0] <= now and (limit is None or closed < limit):
-            _, mac, sid = heapq.heappop(heap)
-            s = self.by_mac.get(mac)
-            if s is None or s.id != sid:
+            s = self._live(heapq.heappop(heap))
+            if s is None:
                 continue              # replaced by a newer session or evicted: nothing to do
             if s.closed:
-                if now - s.updated > keep:
-                    del self.by_mac[mac]
-                else:
-                    later.append((s.updated + keep, mac, sid))
+                heapq.heappush(self._closed_due, (s.updated + keep, s.mac, s.id))
                 continue
             if now - s.updated < self.stall_timeout:
-                heapq.heappush(heap, (s.updated + self.stall_timeout, mac, sid))   # touched since
+                heapq.heappush(heap, (s.updated + self.stall_timeout, s.mac, s.id))   # touched since
                 continue
             closed += 1
             if s.state == OPEN:
@@ -226,32 +223,64 @@ class Tracker:
             else:
                 s.closed = True
                 updates.append(Update("closed", s))
-            heapq.heappush(heap, (s.updated + keep, mac, sid))
+            heapq.heappush(self._closed_due, (s.updated + keep, s.mac, s.id))
+        heap, later = self._closed_due, []
+        while heap and heap[0][0] <= now:
+            s = self._live(heapq.heappop(heap))
+            if s is None:
+                continue
+            if now - s.updated > keep:
+                del self.by_mac[s.mac]
+            else:
+                later.append((s.updated + keep, s.mac, s.id))
         for entry in later:
             heapq.heappush(heap, entry)
         return updates
 
     def due(self, now: float) -> bool:
-        """Whether tick(now) has work left (after a tick that hit its limit)."""
-        heap = self._due
+        """Whether tick(now) has sessions left to close (after a tick that hit its limit)."""
+        heap = self._open_due
         while heap:
-            _, mac, sid = heap[0]
-            s = self.by_mac.get(mac)
-            if s is not None and s.id == sid:
+            if self._live(heap[0]) is not None:
                 return heap[0][0] <= now
             heapq.heappop(heap)
         return False
 
-    def _schedule(self, s: Session) -> None:
-        """s needs a look at its due time (its only entry: a later touch is found when it comes)."""
-        keep = max(self.lease_window, self.stall_timeout) if s.closed else self.stall_timeout
-        heapq.heappush(self._due, (s.updated + keep, s.mac, s.id))
+    @property
+    def _keep(self) -> float:
+        return max(self.lease_window, self.stall_timeout)
 
-    def _rebuild_due(self) -> None:
-        """Drop the entries of sessions no longer kept (evicted or replaced)."""
-        self._due = []
-        for s in self.by_mac.values():
-            self._schedule(s)
+    def _live(self, entry: tuple) -> Session | None:
+        s = self.by_mac.get(entry[1])
+        return s if s is not None and s.id == entry[2] else None
+
+    def _schedule(self, s: Session) -> None:
+        """s needs a look at its due time. One entry per session: a later touch is noticed when
+        the entry comes up, and the entry then goes back in at the new time."""
+        if s.closed:
+            heapq.heappush(self._closed_due, (s.updated + self._keep, s.mac, s.id))
+        else:
+            heapq.heappush(self._open_due, (s.updated + self.stall_timeout, s.mac, s.id))
+
+    def _evict_one(self) -> None:
+        """Over max_sessions: forget the closed session due first, else the open one idle the
+        longest (the heaps give both without a scan, and consume the entries they pop)."""
+        for heap in (self._closed_due, self._open_due):
+            while heap:
+                entry = heapq.heappop(heap)
+                s = self._live(entry)
+                if s is None:
+                    continue
+                if s.closed and heap is self._open_due:   # closed since: the better one to forget
+                    del self.by_mac[s.mac]
+                    return
+                actual = s.updated + (self._keep if s.closed else self.stall_timeout)
+                if actual > entry[0]:
+                    heapq.heappush(heap, (actual, s.mac, s.id))   # touched since: not the idlest
+                    continue
+                del self.by_mac[s.mac]
+                return
+        self.by_mac.popitem(last=False)
 
     def restore(self, sessions: list[Session]) -> None:
         """Take back sessions that were open when the daemon stopped."""
@@ -280,10 +309,10 @@ class Tracker:
             s.lease = lease
             if lease.get("ip"):
                 s.ips.append(lease["ip"])
+        while len(self.by_mac) >= self.max_sessions:
+            self._evict_one()
         self.by_mac[mac] = s
         self._schedule(s)
-        while len(self.by_mac) > self.max_sessions:
-            self.by_mac.popitem(last=False)
         updates.append(Update("opened", s))
         return s
 
@@ -501,6 +530,68 @@ class Tracker:
         else:
             self._note(s, t, "lease", text)
         return self._touched(s, updates)
+
+
+# --- what the daemon learns of the updates ---------------------------------------------------
+# The tracker runs in the event store's writer process (proxydhcp.events.writer); the daemon
+# gets, per batch, a summary: stage counts and the sessions that ended (metrics, log lines)
+# and, when user hooks are configured, their payloads.
+SESSION_SUCCEEDED = "session_succeeded"     # user-hook event names ("on:")
+SESSION_FAILED = "session_failed"
+STAGE_REACHED = "stage_reached"
+_HOOK_EVENT = {"succeeded": SESSION_SUCCEEDED, "failed": SESSION_FAILED, "stage": STAGE_REACHED}
+
+
+def hook_payload(update: Update) -> dict | None:
+    """The user-hook payload for an Update, or None when no hook event matches it."""
+    event = _HOOK_EVENT.get(update.kind)
+    if event is None:
+        return None
+    s = update.session
+    d = {"event": event, "time": time.time(), "mac": s.mac, "session": s.id,
+         "stage": update.stage if event == STAGE_REACHED else s.last_stage,
+         "last_stage": s.last_stage, "state": s.state, "arch": s.arch_label,
+         "firmware": s.firmware_label, "boot_file": s.boot_file, "ips": list(s.ips),
+         "started": s.started, "duration": round(s.duration, 3)}
+    if s.diagnosis is not None and event == SESSION_FAILED:
+        d["diagnosis"] = s.diagnosis.code
+        d["summary"] = s.diagnosis.summary
+        d["advice"] = s.diagnosis.advice
+    if s.lease:
+        d["ip"] = s.lease.get("ip")
+        d["hostname"] = s.lease.get("hostname")
+    return d
+
+
+def summarise(updates: list[Update], hooks: bool) -> dict:
+    """What the daemon needs of a batch's updates, as plain data:
+      arches   arch labels of the sessions opened (their metric series start at 0)
+      stages   [[stage, arch label, count], ...]
+      ended    [[outcome, arch, firmware label, duration, diagnosis code, session id, mac,
+                 last stage, summary, advice], ...] for each session that succeeded or failed
+      hooks    user-hook payloads (only when hooks: the daemon has user hooks configured)"""
+    stages: dict = {}
+    arches: set = set()
+    ended, payloads = [], []
+    for u in updates:
+        s = u.session
+        kind = u.kind
+        if kind == "opened":
+            arches.add(s.arch_label)
+        elif kind == "stage":
+            key = (u.stage, s.arch_label)
+            stages[key] = stages.get(key, 0) + 1
+        elif kind in OUTCOMES:
+            d = s.diagnosis
+            ended.append([kind, s.arch_label, s.firmware_label, max(0.0, s.duration),
+                          d.code if d else None, s.id, s.mac, s.last_stage,
+                          d.summary if d else None, d.advice if d else None])
+        if hooks:
+            p = hook_payload(u)
+            if p is not None:
+                payloads.append(p)
+    return {"arches": sorted(arches), "stages": [[st, a, n] for (st, a), n in stages.items()],
+            "ended": ended, "hooks": payloads}
 
 
 # --- diagnosis ---------------------------------------------------------------------------

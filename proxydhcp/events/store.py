@@ -129,6 +129,7 @@ STORED, DUPLICATE, FAILED = "stored", "duplicate", "failed"
 # Items the daemon sends the writer process, each (kind, payload, token): token is None or the
 # number under which a callback waits for the item's result.
 EVENT, SESSION, PRUNE, CALL, USER, STOP = "event", "session", "prune", "call", "user", "stop"
+TICK, HOOKS = "tick", "hooks"     # for the writer's session tracker: the daemon's clock, hooks on/off
 _FRAME = struct.Struct("!I")
 COALESCE = 0.01     # seconds the pump waits after a wake-up, so that a burst leaves as one batch
 
@@ -230,8 +231,14 @@ class EventStore:
     them) and, here, a pump thread that sends it batches and a thread that reads its results."""
 
     def __init__(self, state_dir: str, retention_days: float = 30.0, max_queue: int = 100_000,
-                 max_batch: int = 2000) -> None:
+                 max_batch: int = 2000, tracker: dict | None = None,
+                 on_summary: Callable[[dict], None] | None = None) -> None:
+        """tracker: the boot-session tracker's settings (sessions.Tracker keywords) to run it
+        in the writer process; on_summary(summary) is then called, from a store thread, with
+        what each batch's session updates mean (sessions.summarise)."""
         self.state_dir = state_dir
+        self.tracker = tracker
+        self.on_summary = on_summary
         self.path = db_path(state_dir)
         self.retention_days = retention_days
         self.max_batch = max_batch
@@ -246,6 +253,7 @@ class EventStore:
         self._callbacks: dict[int, Callable] = {}     # token -> callback, until the writer answers
         self._tokens = itertools.count(1)
         self._user: tuple[int, int] | None = None
+        self._hooks_on = False
         self._respawned_at = 0.0
         self.dropped = 0           # events refused because the queue was full
         self.written = 0
@@ -279,13 +287,18 @@ class EventStore:
         # whose python links into root's home, when started unprivileged with capabilities).
         exe = sys.executable if os.access(sys.executable, os.X_OK) else "/proc/self/exe"
         try:
-            self._proc = subprocess.Popen([sys.executable, "-m", "proxydhcp.events.writer", self.path],
+            args = [sys.executable, "-m", "proxydhcp.events.writer", self.path]
+            if self.tracker is not None:
+                args.append(json.dumps(self.tracker))
+            self._proc = subprocess.Popen(args,
                                           executable=exe, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                           env=env, close_fds=True, bufsize=0)
         except OSError as exc:
             raise StoreError(f"cannot start the event store's writer ({sys.executable}): {exc}") from None
+        first = [(HOOKS, self._hooks_on, None)]
         if self._user is not None:   # a writer started after the privilege drop drops too
-            write_all(self._proc.stdin.fileno(), encode_frame([(USER, list(self._user), None)]))
+            first.append((USER, list(self._user), None))
+        write_all(self._proc.stdin.fileno(), encode_frame(first))
         self._results_thread = threading.Thread(target=self._results, args=(self._proc,),
                                                 name="event-store-results", daemon=True)
         self._results_thread.start()
@@ -357,6 +370,16 @@ class EventStore:
         cutoff = (now or time.time()) - self.retention_days * 86400
         self._put(PRUNE, cutoff, on_done)
 
+    def tick(self, now: float) -> None:
+        """The session tracker's clock: close what stalled by `now`, forget what is old."""
+        self._push((TICK, now, None))
+
+    def hooks(self, enabled: bool) -> None:
+        """Whether summaries carry user-hook payloads (only when hooks are configured)."""
+        if bool(enabled) != self._hooks_on:
+            self._hooks_on = bool(enabled)
+            self._push((HOOKS, self._hooks_on, None))
+
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far is written (tests, shutdown)."""
         done = threading.Event()
@@ -423,11 +446,17 @@ class EventStore:
                 frame = None
             if frame is None:
                 break
-            written, error, results = frame
+            written, error, results = frame[:3]
             self.written += written
             if error:
                 self.failed_batches += 1
                 log.error("event store: %s", error)
+            summary = frame[3] if len(frame) > 3 else None
+            if summary and self.on_summary is not None:
+                try:
+                    self.on_summary(summary)
+                except Exception:
+                    log.exception("event store: the session summary could not be handed over")
             for token, result in results:
                 self._answer(token, result)
         try:

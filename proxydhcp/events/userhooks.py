@@ -23,19 +23,18 @@ from io import BytesIO
 from typing import Callable
 
 from proxydhcp import metrics
+from proxydhcp.events.sessions import SESSION_FAILED, SESSION_SUCCEEDED, STAGE_REACHED
+from proxydhcp.events.sessions import hook_payload as payload_from_update
 from proxydhcp.reactors import UsesReactor
 
 log = logging.getLogger(__name__)
 
-# the events a hook can be mapped to ("on:")
-SESSION_SUCCEEDED = "session_succeeded"
-SESSION_FAILED = "session_failed"
-STAGE_REACHED = "stage_reached"
+# the events a hook can be mapped to ("on:"); the session ones and their payload are the
+# tracker's (proxydhcp.events.sessions), which runs in the event store's writer process
 LEASE = "lease"
 EVENTS = (SESSION_SUCCEEDED, SESSION_FAILED, STAGE_REACHED, LEASE)
 RESULTS = ("ok", "failed", "timeout", "dropped")
 
-_UPDATE_EVENT = {"succeeded": SESSION_SUCCEEDED, "failed": SESSION_FAILED, "stage": STAGE_REACHED}
 _KILL_GRACE = 2.0          # seconds between SIGTERM and SIGKILL on timeout
 _STDERR_KEEP = 2000        # bytes of a failed command's stderr kept for the log
 QUEUE_MAX = 1000
@@ -51,27 +50,6 @@ class Hook:
         self.command: list | None = list(d["command"]) if d.get("command") else None
         self.url: str | None = d.get("url")
         self.timeout: float = float(d.get("timeout") or 10.0)
-
-
-def payload_from_update(update) -> dict | None:
-    """The hook payload for a tracker Update, or None when no hook event matches it."""
-    event = _UPDATE_EVENT.get(update.kind)
-    if event is None:
-        return None
-    s = update.session
-    d = {"event": event, "time": time.time(), "mac": s.mac, "session": s.id,
-         "stage": update.stage if event == STAGE_REACHED else s.last_stage,
-         "last_stage": s.last_stage, "state": s.state, "arch": s.arch_label,
-         "firmware": s.firmware_label, "boot_file": s.boot_file, "ips": list(s.ips),
-         "started": s.started, "duration": round(s.duration, 3)}
-    if s.diagnosis is not None and event == SESSION_FAILED:
-        d["diagnosis"] = s.diagnosis.code
-        d["summary"] = s.diagnosis.summary
-        d["advice"] = s.diagnosis.advice
-    if s.lease:
-        d["ip"] = s.lease.get("ip")
-        d["hostname"] = s.lease.get("hostname")
-    return d
 
 
 def payload_from_lease(ev: dict) -> dict:

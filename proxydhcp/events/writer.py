@@ -1,20 +1,28 @@
-"""The event store's writer process: `python -m proxydhcp.events.writer DATABASE`.
+"""The event store's writer process: `python -m proxydhcp.events.writer DATABASE [TRACKER]`.
 
-Started by proxydhcp.events.store.EventStore, never by hand. Reads batches (marshal frames)
-on stdin, writes each in one SQLite transaction (store.write_batch) and answers on stdout
-with (events written, error or None, [(token, result)]). A USER item makes it drop root as
-the daemon does; it ignores SIGINT, SIGTERM and SIGHUP (a terminal's Ctrl-C and systemd's
+Started by proxydhcp.events.store.EventStore, never by hand. It owns the work behind each
+event that a DHCP reply must not wait for: the JSON and SQLite rows, and, given TRACKER (the
+boot-session settings as JSON), the boot-session tracker itself (proxydhcp.events.sessions):
+it restores the open sessions from the database, feeds it every event, ticks it when the
+daemon says (TICK carries the daemon's clock) and writes the sessions that changed in the
+same transaction as the events.
+
+Reads batches (marshal frames) on stdin; answers each on stdout with (events written, error
+or None, [(token, result)], summary or None), the summary being sessions.summarise(): what
+the daemon turns into metrics, log lines and user hooks. A USER item makes it drop root as
+the daemon does. It ignores SIGINT, SIGTERM and SIGHUP (a terminal's Ctrl-C and systemd's
 stop reach the whole process group: the daemon then sends what is left and closes stdin),
-and it ends at a STOP item or at the end of stdin, after writing what it read.
+and it ends at the end of stdin, after writing what it read.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
 
-from proxydhcp.events import store
+from proxydhcp.events import sessions, store
 
 
 def drop_to(uid: int, gid: int) -> None:
@@ -25,24 +33,70 @@ def drop_to(uid: int, gid: int) -> None:
     os.setuid(uid)
 
 
+def restore(conn, tracker: sessions.Tracker) -> int:
+    """Take back the sessions that were open when the daemon stopped."""
+    rows = conn.execute("SELECT data FROM sessions WHERE closed = 0 ORDER BY updated").fetchall()
+    found = []
+    for (data,) in rows:
+        try:
+            found.append(sessions.Session.from_dict(json.loads(data)))
+        except (ValueError, TypeError, KeyError):
+            continue          # a row this version cannot read is not worth a failed start
+    tracker.restore(found)
+    return len(found)
+
+
+class Work:
+    """One batch's work (testable without the process): tracker, then one transaction."""
+
+    def __init__(self, conn, tracker: sessions.Tracker | None) -> None:
+        self.conn, self.tracker = conn, tracker
+        self.hooks = False
+        self.restored = restore(conn, tracker) if tracker is not None else 0
+
+    def batch(self, batch: list) -> tuple:
+        updates: list = []
+        tracker = self.tracker
+        for kind, payload, _token in batch:
+            if kind == store.EVENT:
+                if tracker is not None:
+                    updates += tracker.feed(payload)
+            elif kind == store.TICK:
+                if tracker is not None:
+                    updates += tracker.tick(payload)
+            elif kind == store.HOOKS:
+                self.hooks = bool(payload)
+            elif kind == store.USER:
+                drop_to(*payload)
+        if updates:
+            changed = {u.session.id: u.session for u in updates}
+            batch = batch + [(store.SESSION, s.as_dict(), None) for s in changed.values()]
+        written, error, results = store.write_batch(self.conn, batch)
+        summary = sessions.summarise(updates, self.hooks) if updates else None
+        if self.restored:
+            summary = dict(summary or {}, restored=self.restored)
+            self.restored = 0
+        return written, error, results, summary
+
+
 def main(argv: list[str]) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    if len(argv) != 2:
-        print("usage: python -m proxydhcp.events.writer DATABASE (started by the daemon)", file=sys.stderr)
+    if len(argv) not in (2, 3):
+        print("usage: python -m proxydhcp.events.writer DATABASE [TRACKER-JSON] (started by the daemon)",
+              file=sys.stderr)
         return 2
     conn = store.connect(argv[1])
+    tracker = sessions.Tracker(**json.loads(argv[2])) if len(argv) == 3 else None
+    work = Work(conn, tracker)
     inp, out = sys.stdin.fileno(), sys.stdout.fileno()
     while True:
         batch = store.read_frame(inp)
         if batch is None:
             break
-        for kind, payload, _token in batch:
-            if kind == store.USER:
-                drop_to(*payload)
-        written, error, results = store.write_batch(conn, batch)
+        answer = work.batch(batch)
         try:
-            store.write_all(out, store.encode_frame((written, error, results)))
+            store.write_all(out, store.encode_frame(answer))
         except BrokenPipeError:
             break
     conn.close()

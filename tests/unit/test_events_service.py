@@ -1,54 +1,108 @@
-"""The events service's reactor side: a storm's sessions reach the store and expire in
-bounded slices per reactor turn (never thousands in one call), and all of them get there."""
+"""The events service with the tracker in the store's writer process: a storm of sessions
+is tracked, written and expired there, and what comes back (summaries) turns into the boot
+metrics and log lines here, on the reactor."""
 
 from __future__ import annotations
 
 from twisted.internet.testing import MemoryReactorClock
 
-from proxydhcp import config
-from proxydhcp.events import DHCP_REPLY, EventBus
+from proxydhcp import config, metrics
+from proxydhcp.events import DHCP_REPLY, HTTP_FETCH, EventBus
 from proxydhcp.events import service as es
 from proxydhcp.events.store import Reader
 
 T0 = 1_700_000_000.0
 
 
+def _mac(i: int) -> str:
+    return f"52:54:00:77:{i >> 8:02x}:{i & 255:02x}"
+
+
 def _reply(i: int, t: float) -> dict:
-    return {"kind": DHCP_REPLY, "time": t, "port": "67", "message": "offer", "request": "discover",
-            "mac": f"52:54:00:00:{i >> 8:02x}:{i & 255:02x}", "arch": 7, "firmware": "legacy-pxe",
-            "boot_file": "", "client_ip": None}
+    return {"time": t, "port": "67", "message": "offer", "request": "discover",
+            "mac": _mac(i), "arch": 7, "firmware": "legacy-pxe", "boot_file": "", "client_ip": None}
 
 
-def test_a_storm_of_sessions_is_flushed_and_expired_in_slices(tmp_path):
+def _sample(name, labels):
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+class Reactor(MemoryReactorClock):
+    """A fake reactor that also takes calls from the store's threads (run by _settle)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.from_threads: list = []
+
+    def callFromThread(self, f, *args, **kw) -> None:
+        self.from_threads.append((f, args, kw))
+
+
+def _settle(reactor, svc) -> None:
+    """Wait until the writer has answered all that was queued, then apply its summaries as
+    the reactor would (the summaries come before the flush's answer)."""
+    assert svc.store.flush()
+    calls, reactor.from_threads = reactor.from_threads, []
+    for f, args, kw in calls:
+        f(*args, **kw)
+
+
+def test_a_storm_of_sessions_is_tracked_written_and_expired_in_the_writer(tmp_path):
     now = [T0]
     live = config.LiveConfig(config.parse(f"state: {{dir: {tmp_path}}}\nevents: {{stall_timeout: 120}}\n"))
-    reactor, bus = MemoryReactorClock(), EventBus()
+    reactor, bus = Reactor(), EventBus()
     svc = es.EventsService(live, bus, reactor=reactor, clock=lambda: now[0])
     svc.startService()
+    offers = {"stage": "proxy_offer", "arch": "x64-uefi"}
+    failed = {"outcome": "failed", "arch": "x64-uefi", "firmware": "legacy-pxe"}
+    ignored = {"diagnosis": "offer_ignored", "arch": "x64-uefi"}
+    succeeded = {"outcome": "succeeded", "arch": "x64-uefi", "firmware": "legacy-pxe"}
+    before = [_sample("proxydhcp_boot_stage_total", offers), _sample("proxydhcp_boot_sessions_total", failed),
+              _sample("proxydhcp_boot_failures_total", ignored), _sample("proxydhcp_boot_sessions_total", succeeded)]
     try:
-        handed, saved = [], svc.store.save_session
-        svc.store.save_session = lambda d: (handed.append(d["id"]), saved(d))
-        slices, some = [], svc._flush_some
-        svc._flush_some = lambda k: (slices.append(len(svc._flushing[:k])), some(k))
         n = 1000
         for i in range(n):
-            svc.observe(_reply(i, T0 + i * 0.001))   # as the bus calls it
-        reactor.advance(es.SESSION_FLUSH_DELAY)         # the timer, then a turn per slice
-        assert slices == [es.FLUSH_SLICE] * (n // es.FLUSH_SLICE) + [n % es.FLUSH_SLICE]
-        assert sorted(handed) == sorted(s.id for s in svc.tracker.by_mac.values()) and len(handed) == n
+            bus.emit(DHCP_REPLY, **_reply(i, T0 + i * 0.001))
+        # one of them goes on to its boot script: it succeeds
+        bus.emit(HTTP_FETCH, time=T0 + 5, mac=_mac(0), client_ip="10.0.0.9", path="/boot.ipxe",
+                 fetch="script", code=200, bytes=10)
+        _settle(reactor, svc)
+        reader = Reader(svc.store.path)
+        assert len(reader.sessions(limit=2 * n)) == n
+        assert len(reader.events(limit=3 * n)) == n + 1
+        assert _sample("proxydhcp_boot_stage_total", offers) == before[0] + n
+        assert _sample("proxydhcp_boot_sessions_total", succeeded) == before[3] + 1
 
-        applied = []
-        real_apply = svc._apply
-        svc._apply = lambda ups: (applied.append(len(ups)), real_apply(ups))
-        now[0] = T0 + 200                              # every session stalled
-        svc.tick()                                     # the LoopingCall's tick, then a turn per slice
-        reactor.advance(0)
-        assert [a for a in applied if a] == [es.TICK_SLICE] * (n // es.TICK_SLICE) + [n % es.TICK_SLICE]
-        assert not svc.tracker.due(now[0])
-        assert all(s.state == "failed" for s in svc.tracker.by_mac.values())
-        while svc._flushing or svc._dirty:
-            reactor.advance(es.SESSION_FLUSH_DELAY)
-        assert svc.store.flush()
-        assert len(Reader(svc.store.path).sessions(failed=True, limit=2 * n)) == n
+        now[0] = T0 + 200                     # every other session stalled after its offer
+        svc.tick()
+        _settle(reactor, svc)
+        assert len(reader.sessions(failed=True, limit=2 * n)) == n - 1
+        assert _sample("proxydhcp_boot_sessions_total", failed) == before[1] + n - 1
+        assert _sample("proxydhcp_boot_failures_total", ignored) == before[2] + n - 1
+        assert svc.summaries >= 2
+        reader.close()
+    finally:
+        svc.stopService()
+
+
+def test_open_sessions_survive_a_restart(tmp_path):
+    live = config.LiveConfig(config.parse(f"state: {{dir: {tmp_path}}}\n"))
+    reactor, bus = Reactor(), EventBus()
+    svc = es.EventsService(live, bus, reactor=reactor, clock=lambda: T0)
+    svc.startService()
+    bus.emit(DHCP_REPLY, **_reply(1, T0))
+    _settle(reactor, svc)
+    svc.stopService()
+
+    svc = es.EventsService(live, bus, reactor=reactor, clock=lambda: T0 + 1)
+    svc.startService()
+    try:   # the same machine's 4011 request joins the restored session instead of opening one
+        bus.emit(DHCP_REPLY, **dict(_reply(1, T0 + 1), port="4011", message="ack", request="request",
+                                    boot_file="ipxe.efi", client_ip="10.0.0.9"))
+        _settle(reactor, svc)
+        reader = Reader(svc.store.path)
+        [s] = reader.sessions()
+        assert list(s["stages"]) == ["pxe_discover", "proxy_offer", "proxy_request"]
+        reader.close()
     finally:
         svc.stopService()

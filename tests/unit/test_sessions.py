@@ -364,10 +364,29 @@ def test_evicted_and_replaced_sessions_leave_no_work_behind():
     for rnd in range(30):               # 3,000 sessions through a tracker that keeps 100
         for mac in _macs(100):
             tr.feed(discover(rnd, mac=f"{mac[:3]}{rnd:02x}{mac[5:]}"))
-    tr.tick(T0 + 1)                       # nothing due yet; entries of evicted sessions dropped
-    assert len(tr.by_mac) == 100 and len(tr._due) <= 4 * 100 + 1024
+    tr.tick(T0 + 1)                       # nothing due yet; eviction consumed the evicted entries
+    assert len(tr.by_mac) == 100 and len(tr._open_due) + len(tr._closed_due) == 100
     ups = tr.tick(T0 + 29 + 120)
     assert len(ups) == 100 and {u.session.mac[3:5] for u in ups} == {"1d"}   # only the kept (last) round
     tr.feed(discover(200))
     tr.feed(discover(201))              # a new session for the same MAC replaces the open one
     assert [u.session.id for u in tr.tick(T0 + 201 + 120)] == [tr.get(MAC).id]
+
+
+def test_eviction_forgets_closed_sessions_first_then_the_idlest():
+    tr = S.Tracker(stall_timeout=120, max_sessions=3)
+    a, b, c, d, e = _macs(5)
+    tr.feed(discover(0, mac=a))
+    tr.feed(discover(1, mac=b))
+    tr.feed(discover(2, mac=c))
+    tr.feed(request4011(3, mac=a))            # a is busy again: b is now the idlest
+    tr.feed(discover(4, mac=d))
+    assert set(tr.by_mac) == {a, c, d}
+    for _ in range(3):                        # c fetches iPXE three times: a loop, closed at once
+        tr.feed(tftp(5, ip="10.77.0.9"))
+    tr.feed(request4011(5, mac=c, ip="10.77.0.9"))
+    for _ in range(3):
+        tr.feed(tftp(6, ip="10.77.0.9"))
+    assert tr.get(c).closed
+    tr.feed(discover(7, mac=e))
+    assert set(tr.by_mac) == {a, d, e}

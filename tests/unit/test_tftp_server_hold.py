@@ -115,9 +115,10 @@ def test_one_wake_up_serves_a_whole_lock_step_transfer(service, client_sock, mon
     assert not service.sessions
     assert client.blocks == BLOCKS + 1
     assert [e["outcome"] for e in events] == [OK]
-    # Every ACK but the first few was served inside the same doRead: without the hold,
-    # each round trip would be one call (one reactor dispatch).
-    assert calls < 5, calls
+    # Most ACKs were served inside the same doRead: without the hold, each round trip would be
+    # one call (one reactor dispatch). A busy machine (the client thread descheduled past the
+    # spin) costs a few more calls, never one per block.
+    assert calls < BLOCKS // 10, calls
 
 
 def test_an_answer_within_spin_max_turns_spinning_on(service, client_sock, monkeypatch):
