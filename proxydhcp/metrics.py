@@ -25,18 +25,18 @@ DHCP_SESSIONS_IN_PROGRESS = Gauge(
     "proxydhcp_dhcp_sessions_in_progress", "Machines answered and still mid-boot (dhcp.max_sessions_in_progress "
     "caps them)", registry=REGISTRY)
 
-class _SocketDrops:
-    """proxydhcp_dhcp_socket_drops_total: UDP-67 datagrams the kernel dropped because a
-    port-67 packet socket's buffer was full (PACKET_STATISTICS), read at scrape time from
-    `source` (set by the DHCP service). They never reach the packet counters above."""
+class _CounterAtScrape:
+    """A counter read at scrape time from `source` (a callable set by the service that
+    counts; 0 until then), for counts kept elsewhere than in a prometheus_client child."""
 
-    source = None
     _labelnames = ()
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self.name, self.documentation, self.source = name, documentation, None
 
     def _family(self, value):
         from prometheus_client.core import CounterMetricFamily
-        return CounterMetricFamily("proxydhcp_dhcp_socket_drops", "UDP 67 datagrams dropped by the kernel "
-                                   "before proxydhcp read them (socket buffer full)", value=value)
+        return CounterMetricFamily(self.name, self.documentation, value=value)
 
     def describe(self):
         yield self._family(0)
@@ -45,8 +45,18 @@ class _SocketDrops:
         yield self._family(self.source() if self.source is not None else 0)
 
 
-SOCKET_DROPS = _SocketDrops()
+# UDP-67 datagrams the kernel dropped because a port-67 packet socket's buffer was full
+# (PACKET_STATISTICS, read by the DHCP service). They never reach the packet counters above.
+SOCKET_DROPS = _CounterAtScrape("proxydhcp_dhcp_socket_drops", "UDP 67 datagrams dropped by the kernel "
+                                "before proxydhcp read them (socket buffer full)")
 REGISTRY.register(SOCKET_DROPS)
+# Events and sessions the event store refused because its writer fell 100,000 items behind
+# (the writer runs at idle priority: only a CPU saturated for long starves it).
+EVENT_STORE_DROPS = _CounterAtScrape("proxydhcp_event_store_dropped", "Events not stored because the "
+                                     "event store's queue was full (its writer process fell behind)")
+REGISTRY.register(EVENT_STORE_DROPS)
+EVENT_STORE_QUEUE = Gauge("proxydhcp_event_store_queue", "Events and sessions waiting for the event "
+                          "store's writer process", registry=REGISTRY)
 
 FOREIGN_PXE_REPLIES = Counter(
     "proxydhcp_foreign_pxe_replies", "PXE boot replies seen from another DHCP server on a served segment",

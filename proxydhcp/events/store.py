@@ -331,6 +331,10 @@ class EventStore:
             self._results_thread = None
         self._fail_waiting()
 
+    def pending(self) -> int:
+        """Items queued for the writer and not yet sent to it."""
+        return len(self._items)
+
     @property
     def writer_pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None

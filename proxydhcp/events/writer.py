@@ -25,12 +25,29 @@ import sys
 from proxydhcp.events import sessions, store
 
 
+
 def drop_to(uid: int, gid: int) -> None:
     if os.getuid() == uid and os.getgid() == gid:
         return
     os.setgroups([])
     os.setgid(gid)
     os.setuid(uid)
+
+
+def idle_priority() -> None:
+    """Run only on CPU time nobody else wants (SCHED_IDLE): when this process shares a core
+    with the daemon's reactor, the reactor's replies always go first. Measured with perfdhcp
+    at 5,000 DISCOVERs/s: p99 0.6-0.7 ms this way, 2-3 ms at normal priority (nice 10 or
+    SCHED_BATCH alike). A CPU saturated for long starves it: the daemon's queue then grows
+    (proxydhcp_event_store_queue) up to its bound, and what does not fit is counted in
+    proxydhcp_event_store_dropped_total."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (OSError, AttributeError):
+        try:
+            os.nice(19)
+        except OSError:
+            pass
 
 
 def restore(conn, tracker: sessions.Tracker) -> int:
@@ -82,6 +99,7 @@ class Work:
 def main(argv: list[str]) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
+    idle_priority()
     if len(argv) not in (2, 3):
         print("usage: python -m proxydhcp.events.writer DATABASE [TRACKER-JSON] (started by the daemon)",
               file=sys.stderr)
