@@ -25,7 +25,7 @@ from proxydhcp.config import LiveConfig
 from proxydhcp.dhcp import options as opt
 from proxydhcp.dhcp.packet import MalformedPacket, decode, encode
 from proxydhcp.events import DHCP_REPLY, DHCP_SILENCE, HTTP_FETCH, EventBus
-from proxydhcp.net import frames
+from proxydhcp.net import frames, receive_buffer
 from proxydhcp.net.interfaces import InterfaceAddress, NetlinkWatch, read_interfaces
 from proxydhcp.service import StartupError
 from proxydhcp.responder import BAD_FRAME, BUSY, INTERNAL_ERROR, RATE_LIMITED, MALFORMED, PORT_DHCP, PORT_PROXY, REPLIED, Interface, Reply, respond
@@ -41,6 +41,7 @@ PACKET_OUTGOING = 4
 SOL_PACKET = 263
 PACKET_IGNORE_OUTGOING = 23  # Linux 4.20: the packet socket is not handed our own sends
 PACKET_STATISTICS = 6        # struct tpacket_stats {tp_packets, tp_drops}; reading resets them
+RCVBUF = 4 << 20             # bytes of requests the kernel may hold for us (thousands of them)
 NOT_SERVED = "not_served"   # arrived on an interface we do not serve
 _PKTINFO = struct.Struct("=I4s4s")
 
@@ -95,7 +96,7 @@ class _Port67:
             recv.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
         except OSError:
             pass  # older kernel: _recv drops them by packet type
-        recv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        receive_buffer(recv, RCVBUF)
         send = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
         send.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         send.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, iface.name.encode())
@@ -156,7 +157,7 @@ class _Port4011:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        receive_buffer(sock, RCVBUF)
         try:
             sock.bind(("0.0.0.0", port))
         except OSError as exc:

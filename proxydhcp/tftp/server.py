@@ -50,6 +50,7 @@ from twisted.application.service import Service
 
 from proxydhcp import events, metrics
 from proxydhcp.config import LiveConfig
+from proxydhcp.net import receive_buffer
 from proxydhcp.events import EventBus
 from proxydhcp.tftp import files
 from proxydhcp.tftp import packet as pk
@@ -494,7 +495,7 @@ class TFTPService(Service):
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            receive_buffer(sock, RCVBUF)
             sock.bind((self.address, cfg.port))
         except OSError as exc:
             sock.close()
