@@ -50,8 +50,6 @@ def _cmd_serve(args) -> int:
     logs.release()
     top.bus.subscribe(logs.event_logger(lambda: live.current.log.events))
     live.subscribe(service.reload_check(lambda: live.current))
-    log.info("%s", dropped)
-    log.info("proxydhcp %s running (config: %s, pid %d)", __version__, cfg.source, os.getpid())
 
     stopping = []
 
@@ -73,6 +71,9 @@ def _cmd_serve(args) -> int:
     signal.signal(signal.SIGINT, lambda *_: reactor.callFromThread(graceful))
     reactor.addSystemEventTrigger("before", "shutdown", lambda: top.stopService() if top.running else None)
     service.tune_gc(reactor)
+    # "running" only once SIGTERM/SIGHUP are ours: a supervisor (or a test) that reads it may stop us
+    log.info("%s", dropped)
+    log.info("proxydhcp %s running (config: %s, pid %d)", __version__, cfg.source, os.getpid())
     reactor.run(installSignalHandlers=False)
     log.info("stopped")
     return 0

@@ -94,6 +94,22 @@ def test_runs_as_the_unprivileged_user_with_two_capabilities(lab):
     # the state it writes belongs to that user
     for path in (lab.state, os.path.join(lab.state, "events.sqlite"), os.path.join(lab.state, "spool")):
         assert os.stat(path).st_uid == user.pw_uid, path
+    # its event-store writer process dropped root too, and keeps no capability
+    writers = [int(d) for d in os.listdir("/proc") if d.isdigit() and _ppid(int(d)) == lab.proxy.pid]
+    assert len(writers) == 1, writers
+    assert wait_for(lambda: status(writers[0])["Uid"].split() == [str(user.pw_uid)] * 4, 5), status(writers[0])
+    w = status(writers[0])
+    assert w["Gid"].split() == [str(user.pw_gid)] * 4 and w["Groups"].strip() == ""
+    wcaps = privileges.status_caps("\n".join(f"{k}:\t{v}" for k, v in w.items()))
+    assert wcaps["CapEff"] == 0 and wcaps["CapPrm"] == 0
+
+
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
 
 
 def test_pxe_client_boots_end_to_end_after_the_drop(lab):

@@ -128,3 +128,38 @@ def test_an_unwritable_state_dir_is_a_clear_error(tmp_path):
     blocker.write_text("")
     with pytest.raises(st.StoreError, match="state.dir"):
         st.EventStore(str(blocker / "sub")).open()
+
+
+def test_a_killed_writer_is_replaced_and_nothing_after_it_is_lost(tmp_path, caplog):
+    import os
+    import signal
+    s = st.EventStore(str(tmp_path / "state"))
+    s.start()
+    try:
+        s.record({"kind": "before", "time": 1.0})
+        assert s.flush()
+        old = s.writer_pid
+        os.kill(old, signal.SIGKILL)
+        deadline = time.time() + 5
+        while time.time() < deadline and s._proc.poll() is None:
+            time.sleep(0.01)
+        for i in range(3):
+            s.record({"kind": "after", "time": 2.0 + i})
+        assert s.flush()
+        assert s.writer_pid != old
+        kinds = [e["kind"] for _, e in st.Reader(s.path).events()]
+        assert kinds == ["before", "after", "after", "after"]
+        assert "the writer process is gone" in caplog.text
+    finally:
+        s.stop()
+
+
+def test_the_writer_runs_at_idle_priority(tmp_path):
+    s = st.EventStore(str(tmp_path / "state"))
+    s.start()
+    try:
+        assert s.flush()
+        import os
+        assert os.sched_getscheduler(s.writer_pid) == os.SCHED_IDLE
+    finally:
+        s.stop()
