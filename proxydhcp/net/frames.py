@@ -9,27 +9,10 @@ from __future__ import annotations
 
 import socket
 import struct
-from array import array
 
 _IP = struct.Struct("!BBHHHBBH4s4s")
 _UDP = struct.Struct("!HHHH")
 PROTO_UDP = 17
-
-
-_LITTLE = socket.htons(1) != 1
-_PSEUDO = struct.Struct("!4s4sBBH")
-
-
-def _checksum(data: bytes) -> int:
-    """RFC 1071 Internet checksum. The one's-complement sum does not depend on byte order
-    (RFC 1071 2(B)): sum native-order words and swap the result once."""
-    if len(data) % 2:
-        data += b"\x00"
-    total = sum(array("H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    total = ~total & 0xFFFF
-    return ((total >> 8) | (total << 8)) & 0xFFFF if _LITTLE else total
 
 
 def parse_udp(ip_packet: bytes) -> tuple[str, int, str, int, bytes] | None:
@@ -50,14 +33,23 @@ def parse_udp(ip_packet: bytes) -> tuple[str, int, str, int, bytes] | None:
 
 
 def build_udp(src: str, sport: int, dst: str, dport: int, payload: bytes, ttl: int = 64) -> bytes:
-    """An IPv4 header + UDP header (with checksum) + payload, for a raw IP socket."""
+    """An IPv4 header + UDP header (with checksum) + payload, for a raw IP socket.
+
+    The RFC 1071 sums are taken arithmetically: a one's-complement sum of 16-bit words is
+    congruent to the words read as one big-endian integer modulo 0xFFFF (2**16 = 1 mod
+    0xFFFF), and it is 0xFFFF where that remainder is 0 (neither header is all zeros). So
+    the payload is read once, by int.from_bytes, and no pseudo-header is built."""
     s, d = socket.inet_aton(src), socket.inet_aton(dst)
+    s32, d32 = int.from_bytes(s, "big"), int.from_bytes(d, "big")
     length = 8 + len(payload)
-    csum = _checksum(_PSEUDO.pack(s, d, 0, PROTO_UDP, length) + _UDP.pack(sport, dport, length, 0) + payload) or 0xFFFF
-    udp = _UDP.pack(sport, dport, length, csum) + payload
-    header = _IP.pack(0x45, 0, 20 + length, 0, 0x4000, ttl, PROTO_UDP, 0, s, d)
-    header = _IP.pack(0x45, 0, 20 + length, 0, 0x4000, ttl, PROTO_UDP, _checksum(header), s, d)
-    return header + udp
+    body = int.from_bytes(payload, "big")
+    if len(payload) & 1:
+        body <<= 8                                   # the zero byte that pads the last word
+    rest = (s32 + d32 + PROTO_UDP + length + sport + dport + length + body) % 0xFFFF
+    csum = 0xFFFF - rest if rest else 0xFFFF          # a computed 0 is sent as 0xFFFF (RFC 768)
+    rest = (0x4500 + 20 + length + 0x4000 + (ttl << 8 | PROTO_UDP) + s32 + d32) % 0xFFFF
+    header = _IP.pack(0x45, 0, 20 + length, 0, 0x4000, ttl, PROTO_UDP, 0xFFFF - rest if rest else 0, s, d)
+    return b"".join((header, _UDP.pack(sport, dport, length, csum), payload))
 
 
 # Classic BPF over the IP header (the packet socket hands us the IP header first): accept

@@ -25,6 +25,43 @@ def test_build_udp_is_valid_for_an_independent_decoder(payload, sport, dport):
     assert frames.parse_udp(raw) == ("10.77.0.2", sport, "255.255.255.255", dport, payload)
 
 
+def _rfc1071(data: bytes) -> int:
+    """The checksum the slow, obvious way: add 16-bit words with end-around carry."""
+    if len(data) % 2:
+        data += b"\x00"
+    total = 0
+    for i in range(0, len(data), 2):
+        total += data[i] << 8 | data[i + 1]
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+@given(st.binary(max_size=1500), st.integers(0, 65535), st.integers(0, 65535), st.integers(1, 255),
+       st.sampled_from(["0.0.0.0", "10.77.0.2", "255.255.255.255", "192.168.1.1"]))
+def test_checksums_are_rfc_1071(payload, sport, dport, ttl, src):
+    raw = frames.build_udp(src, sport, "10.0.0.255", dport, payload, ttl=ttl)
+    assert _rfc1071(raw[:20]) == 0                      # a valid header sums to 0xFFFF
+    pseudo = raw[12:20] + bytes([0, 17]) + raw[24:26]
+    udp = bytearray(raw[20:])
+    sent = int.from_bytes(udp[6:8], "big")
+    udp[6:8] = b"\x00\x00"
+    assert sent == (_rfc1071(pseudo + bytes(udp)) or 0xFFFF)
+
+
+def test_checksum_edge_cases():
+    # payloads whose sum folds to 0 / 0xFFFF, odd lengths, all zeros
+    for payload in (b"", b"\x00", b"\xff", b"\xff\xff" * 700, b"\x00" * 1401, bytes(range(256)) * 3):
+        test_checksums_are_rfc_1071.hypothesis.inner_test(payload, 68, 67, 64, "0.0.0.0")
+    # a 2-byte payload that makes the UDP sum exactly 0xFFFF: its checksum is 0, sent as 0xFFFF
+    base = frames.build_udp("0.0.0.0", 68, "10.0.0.255", 67, b"\x00\x00")
+    pseudo = base[12:20] + bytes([0, 17]) + base[24:26]
+    word = (0xFFFF - _rfc1071(pseudo + base[20:26] + b"\x00\x00")) % 0xFFFF   # sum without the payload
+    zero = (0xFFFF - word).to_bytes(2, "big")
+    raw = frames.build_udp("0.0.0.0", 68, "10.0.0.255", 67, zero)
+    assert raw[26:28] == b"\xff\xff"
+    test_checksums_are_rfc_1071.hypothesis.inner_test(zero, 68, 67, 64, "0.0.0.0")
+
+
 @given(st.binary(max_size=200))
 def test_parse_udp_never_raises(data):
     frames.parse_udp(data)
