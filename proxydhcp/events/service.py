@@ -78,7 +78,7 @@ class EventsService(UsesReactor, Service):
         metrics.init_boot_series(metrics.arch_labels_for(cfg.boot.firmware))   # counters at 0 before they move
         metrics.init_series(metrics.LEASE_EVENTS, hookmod.SOURCES, hookmod.LEASE_ACTIONS + (hookmod.TFTP_ACTION,))
         self.user_hooks = UserHooks(lambda: self.live.current.events, self.reactor)
-        self.store.hooks(self.user_hooks.configured())
+        self.store.hooks(self.user_hooks.wanted())
         self.bus.subscribe(self.observe)
         self.hooks = HookListener(self.store, self.bus, self.reactor, sock, spool)
         try:
@@ -123,7 +123,7 @@ class EventsService(UsesReactor, Service):
         """The tracker's clock (in the writer): stalled sessions fail, old ones are forgotten.
         Also tells the writer whether user hooks want session payloads (after a reload)."""
         if self.user_hooks is not None:
-            self.store.hooks(self.user_hooks.configured())
+            self.store.hooks(self.user_hooks.wanted())
         self.store.tick(self.clock())
 
     # --- what the writer's tracker says (reactor thread) ---------------------------------

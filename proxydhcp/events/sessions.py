@@ -563,13 +563,14 @@ def hook_payload(update: Update) -> dict | None:
     return d
 
 
-def summarise(updates: list[Update], hooks: bool) -> dict:
+def summarise(updates: list[Update], hooks=()) -> dict:
     """What the daemon needs of a batch's updates, as plain data:
       arches   arch labels of the sessions opened (their metric series start at 0)
       stages   [[stage, arch label, count], ...]
       ended    [[outcome, arch, firmware label, duration, diagnosis code, session id, mac,
                  last stage, summary, advice], ...] for each session that succeeded or failed
-      hooks    user-hook payloads (only when hooks: the daemon has user hooks configured)"""
+      hooks    user-hook payloads, for the hook events named in `hooks` (those the daemon's
+               configured hooks are mapped to)"""
     stages: dict = {}
     arches: set = set()
     ended, payloads = [], []
@@ -586,10 +587,8 @@ def summarise(updates: list[Update], hooks: bool) -> dict:
             ended.append([kind, s.arch_label, s.firmware_label, max(0.0, s.duration),
                           d.code if d else None, s.id, s.mac, s.last_stage,
                           d.summary if d else None, d.advice if d else None])
-        if hooks:
-            p = hook_payload(u)
-            if p is not None:
-                payloads.append(p)
+        if hooks and _HOOK_EVENT.get(kind) in hooks:
+            payloads.append(hook_payload(u))
     return {"arches": sorted(arches), "stages": [[st, a, n] for (st, a), n in stages.items()],
             "ended": ended, "hooks": payloads}
 

@@ -129,7 +129,7 @@ STORED, DUPLICATE, FAILED = "stored", "duplicate", "failed"
 # Items the daemon sends the writer process, each (kind, payload, token): token is None or the
 # number under which a callback waits for the item's result.
 EVENT, SESSION, PRUNE, CALL, USER, STOP = "event", "session", "prune", "call", "user", "stop"
-TICK, HOOKS = "tick", "hooks"     # for the writer's session tracker: the daemon's clock, hooks on/off
+TICK, HOOKS = "tick", "hooks"     # for the writer's session tracker: the daemon's clock, hook events wanted
 _FRAME = struct.Struct("!I")
 COALESCE = 0.01     # seconds the pump waits after a wake-up, so that a burst leaves as one batch
 
@@ -253,7 +253,7 @@ class EventStore:
         self._callbacks: dict[int, Callable] = {}     # token -> callback, until the writer answers
         self._tokens = itertools.count(1)
         self._user: tuple[int, int] | None = None
-        self._hooks_on = False
+        self._hooks_on: list = []
         self._respawned_at = 0.0
         self.dropped = 0           # events refused because the queue was full
         self.written = 0
@@ -378,11 +378,13 @@ class EventStore:
         """The session tracker's clock: close what stalled by `now`, forget what is old."""
         self._push((TICK, now, None))
 
-    def hooks(self, enabled: bool) -> None:
-        """Whether summaries carry user-hook payloads (only when hooks are configured)."""
-        if bool(enabled) != self._hooks_on:
-            self._hooks_on = bool(enabled)
-            self._push((HOOKS, self._hooks_on, None))
+    def hooks(self, events) -> None:
+        """The user-hook events (sessions.SESSION_SUCCEEDED ...) whose payloads summaries
+        should carry: those the configured hooks are mapped to, none without hooks."""
+        wanted = sorted(events or ())
+        if wanted != self._hooks_on:
+            self._hooks_on = wanted
+            self._push((HOOKS, wanted, None))
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far is written (tests, shutdown)."""

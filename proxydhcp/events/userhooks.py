@@ -154,6 +154,11 @@ class UserHooks(UsesReactor):
         """Whether any user hook is configured now (the events service skips the rest if not)."""
         return bool(self._hooks())
 
+    def wanted(self) -> list[str]:
+        """The session events some configured hook is mapped to (the writer builds payloads
+        for these only)."""
+        return sorted({e for h in self._hooks() for e in h.on} - {LEASE})
+
     def _hooks(self) -> list:
         cfg = self.settings()
         raw = getattr(cfg, "user_hooks", None) or []

@@ -68,7 +68,7 @@ class Work:
 
     def __init__(self, conn, tracker: sessions.Tracker | None) -> None:
         self.conn, self.tracker = conn, tracker
-        self.hooks = False
+        self.hooks: frozenset = frozenset()     # hook events the daemon wants payloads for
         self.restored = restore(conn, tracker) if tracker is not None else 0
 
     def batch(self, batch: list) -> tuple:
@@ -82,7 +82,7 @@ class Work:
                 if tracker is not None:
                     updates += tracker.tick(payload)
             elif kind == store.HOOKS:
-                self.hooks = bool(payload)
+                self.hooks = frozenset(payload or ())
             elif kind == store.USER:
                 drop_to(*payload)
         if updates:

@@ -390,3 +390,21 @@ def test_eviction_forgets_closed_sessions_first_then_the_idlest():
     assert tr.get(c).closed
     tr.feed(discover(7, mac=e))
     assert set(tr.by_mac) == {a, d, e}
+
+
+def test_summary_counts_stages_lists_ended_sessions_and_only_the_wanted_hook_payloads():
+    tr = S.Tracker()
+    ups = []
+    for ev in UEFI_OK:
+        ups += tr.feed(ev)
+    none = S.summarise(ups)
+    assert none["hooks"] == [] and none["arches"] == ["x64-uefi"]
+    assert sorted((st, n) for st, a, n in none["stages"]) == sorted((st, 1) for st in (
+        S.PXE_DISCOVER, S.PROXY_OFFER, S.PROXY_REQUEST, S.FIRMWARE_TRANSFER, S.IPXE_DHCP, S.BOOT_SCRIPT))
+    [ended] = none["ended"]
+    assert ended[0] == "succeeded" and ended[1] == "x64-uefi" and ended[6] == MAC and ended[4] is None
+    only = S.summarise(ups, {S.SESSION_SUCCEEDED})
+    assert [p["event"] for p in only["hooks"]] == [S.SESSION_SUCCEEDED]
+    assert only["hooks"][0]["stage"] == S.BOOT_SCRIPT
+    stages = S.summarise(ups, {S.STAGE_REACHED})
+    assert len(stages["hooks"]) == 6 and {p["event"] for p in stages["hooks"]} == {S.STAGE_REACHED}
