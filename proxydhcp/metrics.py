@@ -55,6 +55,35 @@ REGISTRY.register(SOCKET_DROPS)
 EVENT_STORE_DROPS = _CounterAtScrape("proxydhcp_event_store_dropped", "Events not stored because the "
                                      "event store's queue was full (its writer process fell behind)")
 REGISTRY.register(EVENT_STORE_DROPS)
+
+
+class _PortCounterAtScrape:
+    """A counter by `port`, read at scrape time: sources[port]() for each port a service set."""
+
+    _labelnames = ("port",)
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self.name, self.documentation, self.sources = name, documentation, {}
+
+    def _family(self, values: dict):
+        from prometheus_client.core import CounterMetricFamily
+        family = CounterMetricFamily(self.name, self.documentation, labels=self._labelnames)
+        for port, value in sorted(values.items()):
+            family.add_metric([port], value)
+        return family
+
+    def describe(self):
+        yield self._family({})
+
+    def collect(self):
+        yield self._family({port: source() for port, source in list(self.sources.items())})
+
+
+# Datagrams the kernel dropped on the UDP sockets we read (4011, 69): /proc/net/udp's drops
+# column, read at scrape time (the 67 listeners are packet sockets: SOCKET_DROPS above).
+UDP_SOCKET_DROPS = _PortCounterAtScrape("proxydhcp_udp_socket_drops", "UDP datagrams to 4011 or 69 "
+                                        "dropped by the kernel before proxydhcp read them (socket buffer full)")
+REGISTRY.register(UDP_SOCKET_DROPS)
 EVENT_STORE_QUEUE = Gauge("proxydhcp_event_store_queue", "Events and sessions waiting for the event "
                           "store's writer process", registry=REGISTRY)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 SO_RCVBUFFORCE = 33   # Linux: as SO_RCVBUF, past net.core.rmem_max (needs CAP_NET_ADMIN: root at start)
@@ -17,3 +18,20 @@ def receive_buffer(sock: socket.socket, size: int) -> int:
     except OSError:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+
+def udp_drops(sock: socket.socket) -> int:
+    """Datagrams the kernel dropped for this UDP socket (full receive buffer, bad checksum):
+    the "drops" column of its line in /proc/net/udp (the process's network namespace,
+    readable by any user). 0 when the socket is closed or not found."""
+    try:
+        inode = str(os.fstat(sock.fileno()).st_ino)
+        with open("/proc/net/udp") as fh:
+            next(fh)
+            for line in fh:
+                fields = line.split()
+                if len(fields) > 12 and fields[9] == inode:
+                    return int(fields[-1])
+    except (OSError, ValueError, StopIteration):
+        pass
+    return 0

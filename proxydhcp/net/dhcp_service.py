@@ -25,7 +25,7 @@ from proxydhcp.config import LiveConfig
 from proxydhcp.dhcp import options as opt
 from proxydhcp.dhcp.packet import MalformedPacket, decode, encode
 from proxydhcp.events import DHCP_REPLY, DHCP_SILENCE, HTTP_FETCH, EventBus
-from proxydhcp.net import frames, receive_buffer
+from proxydhcp.net import frames, receive_buffer, udp_drops
 from proxydhcp.net.interfaces import InterfaceAddress, NetlinkWatch, read_interfaces
 from proxydhcp.service import StartupError
 from proxydhcp.responder import BAD_FRAME, BUSY, INTERNAL_ERROR, RATE_LIMITED, MALFORMED, PORT_DHCP, PORT_PROXY, REPLIED, Interface, Reply, respond
@@ -233,6 +233,8 @@ class DHCPService(UsesReactor, Service):
         if cfg.dhcp.proxy_port:
             self.port4011 = _Port4011(self, cfg.dhcp.proxy_port)
             self.reactor.addReader(self.port4011.reader)
+            port = self.port4011
+            metrics.UDP_SOCKET_DROPS.sources[str(port.port)] = lambda: udp_drops(port.sock)
         self.refresh()
         if not self.listeners:
             log.warning("no interface to serve yet (dhcp.interfaces=%s); waiting for addresses",

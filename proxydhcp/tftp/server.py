@@ -50,7 +50,7 @@ from twisted.application.service import Service
 
 from proxydhcp import events, metrics
 from proxydhcp.config import LiveConfig
-from proxydhcp.net import receive_buffer
+from proxydhcp.net import receive_buffer, udp_drops
 from proxydhcp.events import EventBus
 from proxydhcp.tftp import files
 from proxydhcp.tftp import packet as pk
@@ -511,6 +511,7 @@ class TFTPService(Service):
         self.port = sock.getsockname()[1]
         self._listener = _Listener(self, sock)
         self.reactor.addReader(self._listener)
+        metrics.UDP_SOCKET_DROPS.sources[str(self.port)] = lambda: udp_drops(sock)
         self._transfers = _Transfers(self)
         self.reactor.addReader(self._transfers)
         for name in files.boot_files(self.live.current):   # their duration series exist at 0 (metrics.py)

@@ -391,6 +391,9 @@ def test_flood_while_scripted_clients_boot():
     for p in expected:
         assert counted[p] <= expected[p], (p, counted[p], expected[p])           # never counted twice
         assert expected[p] - counted[p] <= kernel[p] + shared, (p, expected[p], counted[p], kernel[p], shared)
+    # the daemon's own metric for the UDP sockets' kernel drops says what /proc/net/udp says
+    udp_metric = _by(d, "proxydhcp_udp_socket_drops_total", "port")
+    assert {p: udp_metric.get(p, 0) for p in ("4011", "69")} == {"4011": kd["4011"], "69": kd["69"]}
 
 
 if __name__ == "__main__":
