@@ -130,6 +130,10 @@ class EventsService(UsesReactor, Service):
     def apply(self, summary: dict) -> None:
         """Metrics, log lines and user hooks for one batch's session updates."""
         self.summaries += 1
+        if summary.get("priority") not in (None, "idle"):
+            log.warning("the event store's writer (pid %s) could not take idle CPU priority and runs at %s: "
+                        "under load, DHCP replies may wait behind it (a syscall filter refusing "
+                        "sched_setscheduler?)", self.store.writer_pid if self.store else "?", summary["priority"])
         if summary.get("restored"):
             log.info("restored %d open boot session(s)", summary["restored"])
         arches = summary.get("arches")

@@ -34,20 +34,23 @@ def drop_to(uid: int, gid: int) -> None:
     os.setuid(uid)
 
 
-def idle_priority() -> None:
+def idle_priority() -> str:
     """Run only on CPU time nobody else wants (SCHED_IDLE): when this process shares a core
     with the daemon's reactor, the reactor's replies always go first. Measured with perfdhcp
     at 5,000 DISCOVERs/s: p99 0.6-0.7 ms this way, 2-3 ms at normal priority (nice 10 or
     SCHED_BATCH alike). A CPU saturated for long starves it: the daemon's queue then grows
     (proxydhcp_event_store_queue) up to its bound, and what does not fit is counted in
-    proxydhcp_event_store_dropped_total."""
+    proxydhcp_event_store_dropped_total. Returns what it got: "idle", "nice 19" or "normal"
+    (a syscall filter may refuse both; the daemon then says so in its log)."""
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        return "idle"
     except (OSError, AttributeError):
         try:
             os.nice(19)
+            return "nice 19"
         except OSError:
-            pass
+            return "normal"
 
 
 def restore(conn, tracker: sessions.Tracker) -> int:
@@ -66,8 +69,9 @@ def restore(conn, tracker: sessions.Tracker) -> int:
 class Work:
     """One batch's work (testable without the process): tracker, then one transaction."""
 
-    def __init__(self, conn, tracker: sessions.Tracker | None) -> None:
+    def __init__(self, conn, tracker: sessions.Tracker | None, priority: str = "idle") -> None:
         self.conn, self.tracker = conn, tracker
+        self.priority = priority         # told once, in the first answer
         self.hooks: frozenset = frozenset()     # hook events the daemon wants payloads for
         self.restored = restore(conn, tracker) if tracker is not None else 0
 
@@ -93,20 +97,23 @@ class Work:
         if self.restored:
             summary = dict(summary or {}, restored=self.restored)
             self.restored = 0
+        if self.priority is not None:
+            summary = dict(summary or {}, priority=self.priority)
+            self.priority = None
         return written, error, results, summary
 
 
 def main(argv: list[str]) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    idle_priority()
+    priority = idle_priority()
     if len(argv) not in (2, 3):
         print("usage: python -m proxydhcp.events.writer DATABASE [TRACKER-JSON] (started by the daemon)",
               file=sys.stderr)
         return 2
     conn = store.connect(argv[1])
     tracker = sessions.Tracker(**json.loads(argv[2])) if len(argv) == 3 else None
-    work = Work(conn, tracker)
+    work = Work(conn, tracker, priority)
     inp, out = sys.stdin.fileno(), sys.stdout.fileno()
     while True:
         batch = store.read_frame(inp)

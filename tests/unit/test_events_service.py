@@ -106,3 +106,20 @@ def test_open_sessions_survive_a_restart(tmp_path):
         reader.close()
     finally:
         svc.stopService()
+
+
+def test_a_writer_without_idle_priority_is_reported_once(tmp_path, caplog):
+    from proxydhcp.events import store as st
+    from proxydhcp.events import writer
+    conn = st.connect(str(tmp_path / "x.sqlite"))
+    st.migrate(conn)
+    work = writer.Work(conn, None, "normal")          # as when a syscall filter refuses both
+    assert work.batch([(st.CALL, None, 1)])[3] == {"priority": "normal"}
+    assert work.batch([(st.CALL, None, 2)])[3] is None
+    live = config.LiveConfig(config.parse(f"state: {{dir: {tmp_path}}}\n"))
+    svc = es.EventsService(live, EventBus(), reactor=Reactor())
+    svc.apply({"priority": "normal"})
+    assert "could not take idle CPU priority and runs at normal" in caplog.text
+    caplog.clear()
+    svc.apply({"priority": "idle"})
+    assert "idle CPU priority" not in caplog.text
