@@ -111,16 +111,19 @@ def migrate(conn: sqlite3.Connection) -> int:
     return found
 
 
+# One encoder for every row (json.dumps with arguments builds a new one per call).
+_to_json = json.JSONEncoder(default=str, separators=(",", ":")).encode
+
+
 def _event_row(ev: dict) -> tuple:
     return (ev.get("uid"), float(ev.get("time") or time.time()), ev.get("kind") or "?", ev.get("mac"),
-            ev.get("client_ip") or ev.get("ip"), json.dumps(ev, default=str, separators=(",", ":")))
+            ev.get("client_ip") or ev.get("ip"), _to_json(ev))
 
 
 def _session_row(s: dict) -> tuple:
     diag = s.get("diagnosis") or {}
     return (s["id"], s["mac"], s["started"], s["updated"], s["state"], int(bool(s.get("closed"))),
-            s.get("last_stage"), diag.get("code"), s.get("arch_label"), s.get("firmware"),
-            json.dumps(s, default=str, separators=(",", ":")))
+            s.get("last_stage"), diag.get("code"), s.get("arch_label"), s.get("firmware"), _to_json(s))
 
 
 # What record_durable's callback is told.
