@@ -130,7 +130,8 @@ class UserHooks(UsesReactor):
 
     # --- hot path ----------------------------------------------------------------------
     def on_update(self, update) -> None:
-        """A tracker Update (events service, hot path): queue the matching hooks."""
+        """A tracker Update: queue the matching hooks (the events service gets the payloads
+        ready-made from the writer process's tracker and calls dispatch)."""
         try:
             hooks = self._hooks()
             p = payload_from_update(update) if hooks else None
@@ -149,10 +150,6 @@ class UserHooks(UsesReactor):
                 self.dispatch(payload_from_lease(ev), hooks)
         except Exception:
             log.exception("user hooks: cannot dispatch a lease event")
-
-    def configured(self) -> bool:
-        """Whether any user hook is configured now (the events service skips the rest if not)."""
-        return bool(self._hooks())
 
     def wanted(self) -> list[str]:
         """The session events some configured hook is mapped to (the writer builds payloads
