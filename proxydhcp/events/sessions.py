@@ -198,16 +198,15 @@ class Tracker:
             return []
         return handler(event, [])
 
-    def tick(self, now: float, limit: int | None = None) -> list[Update]:
+    def tick(self, now: float) -> list[Update]:
         """Close sessions idle for stall_timeout: open ones fail with a diagnosis,
         succeeded ones are simply closed. Forget closed sessions after lease_window.
         Looks only at sessions that are due (heaps of due times), so its cost follows what
-        expires, not how many sessions are kept; `limit` bounds the sessions closed in one
-        call (a storm's thousands expiring together), `due(now)` says whether more wait."""
+        expires, not how many sessions are kept."""
         updates: list[Update] = []
         keep = self._keep
-        heap, closed = self._open_due, 0
-        while heap and heap[0][0] <= now and (limit is None or closed < limit):
+        heap = self._open_due
+        while heap and heap[0][0] <= now:
             s = self._live(heapq.heappop(heap))
             if s is None:
                 continue              # replaced by a newer session or evicted: nothing to do
@@ -217,7 +216,6 @@ class Tracker:
             if now - s.updated < self.stall_timeout:
                 heapq.heappush(heap, (s.updated + self.stall_timeout, s.mac, s.id))   # touched since
                 continue
-            closed += 1
             if s.state == OPEN:
                 self._fail(s, diagnose(s, self.loop_threshold), now, updates)
             else:
@@ -236,15 +234,6 @@ class Tracker:
         for entry in later:
             heapq.heappush(heap, entry)
         return updates
-
-    def due(self, now: float) -> bool:
-        """Whether tick(now) has sessions left to close (after a tick that hit its limit)."""
-        heap = self._open_due
-        while heap:
-            if self._live(heap[0]) is not None:
-                return heap[0][0] <= now
-            heapq.heappop(heap)
-        return False
 
     @property
     def _keep(self) -> float:
