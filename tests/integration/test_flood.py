@@ -194,26 +194,23 @@ def boot_main(index: int, kind: str, expected_sha: str, out_path: str) -> None:
     s.bind(("0.0.0.0", 68))
     result = {"mac": mac, "kind": kind, "ok": False, "sent": sent}
     xid = 0x5EED0000 + index
-    offer = None
-    for attempt in range(4):              # the PXE ROM retries its DISCOVER (4, 8, 16, 32 s; 2, 4, 8, 16 here)
-        s.sendto(request_bytes(kind, mac=mac, xid=xid), ("255.255.255.255", 67))
-        sent["67"] += 1
-        offer = _reply(s, xid, chaddr, 2.0 * 2 ** attempt)
-        if offer:
-            break
+    def ask(request: bytes, dest: tuple, port: str):
+        for attempt in range(4):          # the PXE ROM retries (4, 8, 16, 32 s; 2, 4, 8, 16 here)
+            s.sendto(request, dest)
+            sent[port] += 1
+            reply = _reply(s, xid, chaddr, 2.0 * 2 ** attempt)
+            if reply:
+                return reply
+        return None
+
+    offer = ask(request_bytes(kind, mac=mac, xid=xid), ("255.255.255.255", 67), "67")
     if offer is None:
         result["failed"] = "no offer"
         return _write(out_path, result)
     name = offer.file.rstrip(b"\0").decode()
     if not name:                            # UEFI: the offer sends it to 4011 for its boot file
-        ack = None
-        for attempt in range(4):
-            s.sendto(request_bytes(kind, mac=mac, xid=xid, message=opt.REQUEST, ciaddr="10.77.0.131"),
-                     (SERVER, 4011))
-            sent["4011"] += 1
-            ack = _reply(s, xid, chaddr, 2.0 * 2 ** attempt)
-            if ack:
-                break
+        ack = ask(request_bytes(kind, mac=mac, xid=xid, message=opt.REQUEST, ciaddr="10.77.0.131"),
+                  (SERVER, 4011), "4011")
         if ack is None:
             result["failed"] = "no ack on 4011"
             return _write(out_path, result)
