@@ -26,23 +26,28 @@ DHCP_SESSIONS_IN_PROGRESS = Gauge(
     "caps them)", registry=REGISTRY)
 
 class _CounterAtScrape:
-    """A counter read at scrape time from `source` (a callable set by the service that
-    counts; 0 until then), for counts kept elsewhere than in a prometheus_client child."""
+    """A counter read at scrape time, for counts kept elsewhere than in a prometheus_client
+    child: sources[label values]() per series, set by the service that counts (an unlabelled
+    counter has the one key (), and is 0 until its source is set)."""
 
-    _labelnames = ()
+    def __init__(self, name: str, documentation: str, labelnames: tuple = ()) -> None:
+        self.name, self.documentation, self._labelnames = name, documentation, labelnames
+        self.sources: dict = {}
 
-    def __init__(self, name: str, documentation: str) -> None:
-        self.name, self.documentation, self.source = name, documentation, None
-
-    def _family(self, value):
+    def _family(self, values: dict):
         from prometheus_client.core import CounterMetricFamily
-        return CounterMetricFamily(self.name, self.documentation, value=value)
+        if not self._labelnames:
+            return CounterMetricFamily(self.name, self.documentation, value=values.get((), 0))
+        family = CounterMetricFamily(self.name, self.documentation, labels=self._labelnames)
+        for key, value in sorted(values.items()):
+            family.add_metric(list(key), value)
+        return family
 
     def describe(self):
-        yield self._family(0)
+        yield self._family({})
 
     def collect(self):
-        yield self._family(self.source() if self.source is not None else 0)
+        yield self._family({key: source() for key, source in list(self.sources.items())})
 
 
 # UDP-67 datagrams the kernel dropped because a port-67 packet socket's buffer was full
@@ -57,32 +62,10 @@ EVENT_STORE_DROPS = _CounterAtScrape("proxydhcp_event_store_dropped", "Events no
 REGISTRY.register(EVENT_STORE_DROPS)
 
 
-class _PortCounterAtScrape:
-    """A counter by `port`, read at scrape time: sources[port]() for each port a service set."""
-
-    _labelnames = ("port",)
-
-    def __init__(self, name: str, documentation: str) -> None:
-        self.name, self.documentation, self.sources = name, documentation, {}
-
-    def _family(self, values: dict):
-        from prometheus_client.core import CounterMetricFamily
-        family = CounterMetricFamily(self.name, self.documentation, labels=self._labelnames)
-        for port, value in sorted(values.items()):
-            family.add_metric([port], value)
-        return family
-
-    def describe(self):
-        yield self._family({})
-
-    def collect(self):
-        yield self._family({port: source() for port, source in list(self.sources.items())})
-
-
 # Datagrams the kernel dropped on the UDP sockets we read (4011, 69): /proc/net/udp's drops
 # column, read at scrape time (the 67 listeners are packet sockets: SOCKET_DROPS above).
-UDP_SOCKET_DROPS = _PortCounterAtScrape("proxydhcp_udp_socket_drops", "UDP datagrams to 4011 or 69 "
-                                        "dropped by the kernel before proxydhcp read them (socket buffer full)")
+UDP_SOCKET_DROPS = _CounterAtScrape("proxydhcp_udp_socket_drops", "UDP datagrams to 4011 or 69 dropped "
+                                    "by the kernel before proxydhcp read them (socket buffer full)", ("port",))
 REGISTRY.register(UDP_SOCKET_DROPS)
 EVENT_STORE_QUEUE = Gauge("proxydhcp_event_store_queue", "Events and sessions waiting for the event "
                           "store's writer process", registry=REGISTRY)

@@ -73,7 +73,7 @@ class EventsService(UsesReactor, Service):
         except StoreError as exc:
             raise StartupError(str(exc)) from None
         store = self.store
-        metrics.EVENT_STORE_DROPS.source = lambda: store.dropped
+        metrics.EVENT_STORE_DROPS.sources[()] = lambda: store.dropped
         metrics.EVENT_STORE_QUEUE.set_function(store.pending)
         metrics.init_boot_series(metrics.arch_labels_for(cfg.boot.firmware))   # counters at 0 before they move
         metrics.init_series(metrics.LEASE_EVENTS, hookmod.SOURCES, hookmod.LEASE_ACTIONS + (hookmod.TFTP_ACTION,))

@@ -217,7 +217,7 @@ class DHCPService(UsesReactor, Service):
         bus.subscribe(self._session_finished)
         metrics.DHCP_SESSIONS_IN_PROGRESS.set_function(lambda: self._in_progress.count(time.monotonic()))
         self._closed_drops = 0
-        metrics.SOCKET_DROPS.source = lambda: self._closed_drops + sum(
+        metrics.SOCKET_DROPS.sources[()] = lambda: self._closed_drops + sum(
             listener.read_drops() for listener in list(self.listeners.values()))
 
     def _session_finished(self, event) -> None:
@@ -234,7 +234,7 @@ class DHCPService(UsesReactor, Service):
             self.port4011 = _Port4011(self, cfg.dhcp.proxy_port)
             self.reactor.addReader(self.port4011.reader)
             port = self.port4011
-            metrics.UDP_SOCKET_DROPS.sources[str(port.port)] = lambda: udp_drops(port.sock)
+            metrics.UDP_SOCKET_DROPS.sources[(str(port.port),)] = lambda: udp_drops(port.sock)
         self.refresh()
         if not self.listeners:
             log.warning("no interface to serve yet (dhcp.interfaces=%s); waiting for addresses",

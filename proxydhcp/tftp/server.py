@@ -511,7 +511,7 @@ class TFTPService(Service):
         self.port = sock.getsockname()[1]
         self._listener = _Listener(self, sock)
         self.reactor.addReader(self._listener)
-        metrics.UDP_SOCKET_DROPS.sources[str(self.port)] = lambda: udp_drops(sock)
+        metrics.UDP_SOCKET_DROPS.sources[(str(self.port),)] = lambda: udp_drops(sock)
         self._transfers = _Transfers(self)
         self.reactor.addReader(self._transfers)
         for name in files.boot_files(self.live.current):   # their duration series exist at 0 (metrics.py)

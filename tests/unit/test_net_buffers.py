@@ -33,9 +33,9 @@ def test_udp_drops_reads_the_kernels_count_for_this_socket():
             tx.sendto(b"x" * 1000, rx.getsockname())
         dropped = udp_drops(rx)
         assert 150 <= dropped <= 200
-        metrics.UDP_SOCKET_DROPS.sources["test"] = lambda: udp_drops(rx)
+        metrics.UDP_SOCKET_DROPS.sources[("test",)] = lambda: udp_drops(rx)
         try:
             assert metrics.REGISTRY.get_sample_value("proxydhcp_udp_socket_drops_total", {"port": "test"}) == dropped
         finally:
-            del metrics.UDP_SOCKET_DROPS.sources["test"]
+            del metrics.UDP_SOCKET_DROPS.sources[("test",)]
     assert udp_drops(rx) == 0                                         # closed: nothing to read
