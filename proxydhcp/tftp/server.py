@@ -450,8 +450,11 @@ class _Transfers:
                     return                         # quiet: back to the reactor (its timers)
                 if monotonic() - now < SPIN_MAX:
                     self.spinning = True           # a spin would have caught this one
-            if len(got) == 1 and got[0][0] == self.reactor_fd:
-                return                             # something else is ready: the reactor's turn
+            if len(got) == 1 and got[0][0] == self.reactor_fd and not poll(0, 1):
+                # Something else is ready: the reactor's turn. (The reactor's set holds ours,
+                # so a datagram that lands between poll()'s checks of the two descriptors
+                # shows as the reactor's alone: hence the second look at ours.)
+                return
 
     def connectionLost(self, reason) -> None:
         pass

@@ -7,6 +7,7 @@ A real (not running) EPollReactor; transfers talk over loopback; the client runs
 from __future__ import annotations
 
 import os
+import select
 import socket
 import threading
 import time
@@ -162,6 +163,36 @@ def test_hold_returns_when_another_reactor_source_is_ready(service, client_sock,
     service.reactor.removeReader(other)
     a.close()
     b.close()
+
+
+def test_a_datagram_seen_only_through_the_reactors_set_is_served_not_handed_back(service, client_sock, monkeypatch):
+    """The reactor's epoll set holds the transfer set, and poll() checks the two one after the
+    other: a datagram landing between the checks shows as the reactor's descriptor alone. The
+    hold looks at its own set again before giving the wake-up back (CI saw 24 wake-ups for one
+    transfer when it did not)."""
+    monkeypatch.setattr(tftp_server, "HOLD_MAX", 30.0)
+    _start(service, client_sock)
+    data, tid = client_sock.recvfrom(2048)
+    assert data[:4] == b"\x00\x03\x00\x01"
+    transfers = service._transfers
+    real, calls = transfers.waiter, []
+
+    class RacingWaiter:
+        def poll(self, timeout=None):
+            calls.append(timeout)
+            if len(calls) == 1:
+                client_sock.sendto(b"\x00\x04\x00\x01", tid)
+                select.select([transfers.fileno()], [], [], 5)    # the ACK is in our set now
+                return [(transfers.reactor_fd, select.POLLIN)]
+            return real.poll(timeout)
+
+    transfers.waiter = RacingWaiter()
+    service.reactor.callLater(0.3, lambda: None)      # ends the hold once block 2 is out
+    transfers.doRead()
+    assert len(calls) >= 2               # it went on holding after the reactor-only answer
+    client_sock.settimeout(5)
+    data, _ = client_sock.recvfrom(2048)
+    assert data[:4] == b"\x00\x03\x00\x02"
 
 
 def test_hold_ends_at_the_reactors_next_timed_call(service, client_sock, monkeypatch):
