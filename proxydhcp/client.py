@@ -68,6 +68,16 @@ def _arch_from_vendor_class(vc: bytes) -> int | None:
     return None
 
 
+def read_uuid(value: bytes) -> tuple[str | None, str | None]:
+    """(UUID, None) from option 97; (None, None) when the firmware has no SMBIOS UUID and
+    sends all zeros (or all ones); (None, why) when it cannot be read."""
+    try:
+        uuid = pxe.decode_uuid(value)
+    except MalformedPacket as exc:
+        return None, str(exc)
+    return (None if uuid in _UNSET_UUIDS else uuid), None
+
+
 def classify(pkt: Packet, ipxe_user_classes=("iPXE", "gPXE"), custom_user_class: str | None = None) -> Client:
     """Classify a request. Raises MalformedPacket only when a PXE client's architecture
     cannot be read at all; other unreadable options are listed in `problems`."""
@@ -110,12 +120,9 @@ def classify(pkt: Packet, ipxe_user_classes=("iPXE", "gPXE"), custom_user_class:
 
     uuid = None
     if opt.CLIENT_UUID in o:
-        try:
-            uuid = pxe.decode_uuid(o[opt.CLIENT_UUID])
-        except MalformedPacket as exc:
-            problems.append(str(exc))
-        if uuid in _UNSET_UUIDS:
-            uuid = None  # firmware without an SMBIOS UUID sends all zeros (or all ones)
+        uuid, problem = read_uuid(o[opt.CLIENT_UUID])
+        if problem:
+            problems.append(problem)
 
     ndi = None
     if opt.CLIENT_NDI in o:

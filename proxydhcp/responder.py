@@ -193,6 +193,17 @@ def known_group(cfg: Config, mac: str, uuid=None, arch=None, interface=None, ip=
 _known: dict = {}   # known_group's answers, keyed by the policy object (a reload makes a new one)
 
 
+def destination(port: str, source: tuple[str, int], giaddr: str, ciaddr: str) -> tuple[str, int]:
+    """Where a reply goes (RFC 2131 4.1; PXE: 4011 answers go back where they came from)."""
+    if port == PORT_PROXY and source[0] != "0.0.0.0":
+        return source
+    if giaddr != "0.0.0.0":
+        return (giaddr, 67)
+    if ciaddr != "0.0.0.0":
+        return (ciaddr, 68)
+    return ("255.255.255.255", 68)
+
+
 def respond(req: Packet, port: str, iface: Interface, source: tuple[str, int], cfg: Config,
             allowed=None) -> Reply | Silence:
     """Decide what to answer a request that arrived on `port` ("67" or "4011") through
@@ -255,15 +266,8 @@ def respond(req: Packet, port: str, iface: Interface, source: tuple[str, int], c
         if c.boot_item is not None:
             rep.options[opt.VENDOR_SPECIFIC] = pxe.pxe_vendor_options(False, c.boot_item)
 
-    # Destination (RFC 2131 4.1; PXE: 4011 answers go back where they came from).
-    if port == PORT_PROXY and source[0] != "0.0.0.0":
-        dest = source
-    elif req.giaddr != "0.0.0.0":
-        dest = (req.giaddr, 67)
-        if req.ciaddr == "0.0.0.0":
-            rep.flags |= BROADCAST_FLAG  # the relay cannot unicast to a client without an address
-    elif req.ciaddr != "0.0.0.0":
-        dest = (req.ciaddr, 68)
-    else:
-        dest = ("255.255.255.255", 68)
+    dest = destination(port, source, req.giaddr, req.ciaddr)
+    to_relay = req.giaddr != "0.0.0.0" and not (port == PORT_PROXY and source[0] != "0.0.0.0")
+    if to_relay and req.ciaddr == "0.0.0.0":
+        rep.flags |= BROADCAST_FLAG  # the relay cannot unicast to a client without an address
     return Reply(rep, dest, opt.message_name(message), boot_file, s.reply_delay_ms / 1000.0, c, server)

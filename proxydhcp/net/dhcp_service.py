@@ -19,7 +19,8 @@ import time
 
 from twisted.application.service import Service
 
-from proxydhcp import metrics
+from proxydhcp import memo, metrics, responder
+from proxydhcp.arch import label as arch_label
 from proxydhcp.access import AccessRules, InProgress, TokenBuckets
 from proxydhcp.config import LiveConfig
 from proxydhcp.dhcp import options as opt
@@ -209,6 +210,7 @@ class DHCPService(UsesReactor, Service):
         self._limited = False       # any per-MAC / per-source rate limit configured
         self._limits_for = None
         self._rules = AccessRules()
+        self._memo = memo.ReplyMemo()
         self._per_mac = self._per_source = None
         self._foreign_warned: dict[str, float] = {}
         d = live.current
@@ -371,33 +373,36 @@ class DHCPService(UsesReactor, Service):
     def handle(self, data: bytes, port: str, iface: Interface, source: tuple[str, int], sender,
                source_key=None) -> None:
         started = time.perf_counter()
+        cfg = self.live.current
+        rules = self._limits(cfg)
+        shape = memo.shape(data, port, source[0] == "0.0.0.0")
+        if shape is not None:
+            key, u, ulen = shape
+            key = (iface, key)
+            entry = self._memo.get(key, cfg)
+            if entry is not None:     # a machine like one answered before (proxydhcp.memo)
+                self._memo.hits += 1
+                mac = data[28:28 + data[2]].hex(":")
+                uuid = memo.read_uuid(data, u, ulen)
+                ciaddr = data[12:16]
+                ciaddr = "%d.%d.%d.%d" % tuple(ciaddr) if ciaddr != b"\0\0\0\0" else "0.0.0.0"
+                self._reply(sender, port, iface, entry, memo.patch(entry, data, u, ulen),
+                            responder.destination(port, source, entry.giaddr, ciaddr), mac, uuid,
+                            int.from_bytes(data[4:8], "big"), ciaddr, source_key or source[0], started)
+                return
         try:
             req = decode(data)
         except MalformedPacket as exc:
             self._count(port, "unknown", MALFORMED)
             log.debug("malformed packet from %s:%d on %s: %s", source[0], source[1], iface.name, exc)
             return
-        cfg = self.live.current
-        rules = self._limits(cfg)
         allowed = None
         if not rules.empty:
             net = req.giaddr if req.giaddr != "0.0.0.0" else req.ciaddr if req.ciaddr != "0.0.0.0" else iface.address
             allowed = lambda c: rules.refuse(c.mac, net)  # noqa: E731
         result = respond(req, port, iface, source, cfg, allowed)
-        message = opt.message_name(req.message_type)
-        if isinstance(result, Reply):
-            if self._limited:
-                now = time.monotonic()
-                if not (self._per_mac.allow(result.client.mac, now)
-                        and self._per_source.allow(source_key or source[0], now)):
-                    self._count(port, message, RATE_LIMITED)
-                    return
-            ip = self._in_progress
-            if (ip.cap or ip.per_source) and not ip.admit(result.client.mac, source_key or source[0],
-                                                          time.monotonic()):
-                self._count(port, message, BUSY)   # no event: a flood must not reach the store
-                return
-        else:
+        if not isinstance(result, Reply):
+            message = opt.message_name(req.message_type)
             self._count(port, message, result.reason)
             c = result.client
             if c is not None and c.is_pxe:
@@ -406,21 +411,41 @@ class DHCPService(UsesReactor, Service):
                               message=message)
             return
         payload = encode(result.packet)
-        if result.delay > 0:
-            self.reactor.callLater(result.delay, self._send, sender, port, message, iface, req, result,
-                                   payload, started)
-        else:
-            self._send(sender, port, message, iface, req, result, payload, started)
+        entry = memo.Entry(result, req, data, payload, port)
+        if shape is not None and memo.Entry.keepable(result, cfg, rules.empty):
+            self._memo.put(key, entry)
+        c = result.client
+        self._reply(sender, port, iface, entry, payload, result.dest, c.mac, c.uuid, req.xid, req.ciaddr,
+                    source_key or source[0], started)
 
-    def _send(self, sender, port: str, message: str, iface: Interface, req, result: Reply, payload: bytes,
-              started: float) -> None:
+    def _reply(self, sender, port: str, iface: Interface, entry: memo.Entry, payload: bytes, dest, mac: str,
+               uuid, xid: int, ciaddr: str, source_key, started: float) -> None:
+        """Limits, then the reply now or after its quirk's delay."""
+        if self._limited:
+            now = time.monotonic()
+            if not (self._per_mac.allow(mac, now) and self._per_source.allow(source_key, now)):
+                self._count(port, opt.message_name(entry.request), RATE_LIMITED)
+                return
+        ip = self._in_progress
+        if (ip.cap or ip.per_source) and not ip.admit(mac, source_key, time.monotonic()):
+            self._count(port, opt.message_name(entry.request), BUSY)   # no event: a flood must not reach the store
+            return
+        if entry.delay > 0:
+            self.reactor.callLater(entry.delay, self._send, sender, port, iface, entry, payload, dest, mac, uuid,
+                                   xid, ciaddr, started)
+        else:
+            self._send(sender, port, iface, entry, payload, dest, mac, uuid, xid, ciaddr, started)
+
+    def _send(self, sender, port: str, iface: Interface, entry: memo.Entry, payload: bytes, dest, mac: str,
+              uuid, xid: int, ciaddr: str, started: float) -> None:
+        message = opt.message_name(entry.request)
         try:
             if port == PORT_PROXY:
-                sender.send(payload, result.server, result.dest, iface.index)
+                sender.send(payload, entry.server, dest, iface.index)
             else:
-                sender.send(payload, result.server, result.dest)
+                sender.send(payload, entry.server, dest)
         except OSError as exc:
-            log.warning("sending %s to %s:%d failed: %s", result.message, *result.dest, exc)
+            log.warning("sending %s to %s:%d failed: %s", entry.reply, dest[0], dest[1], exc)
             self._count(port, message, "send_failed")
             return
         duration = self._durations.get(port)
@@ -428,15 +453,14 @@ class DHCPService(UsesReactor, Service):
             duration = self._durations[port] = metrics.DHCP_REPLY_DURATION.labels(port)
         duration.observe(time.perf_counter() - started)
         self._count(port, message, REPLIED)
-        c = result.client
-        self.bus.emit(DHCP_REPLY, port=port, message=result.message, request=message, mac=c.mac,
-                      iface=iface.name, arch=c.arch_code, firmware=c.firmware, uuid=c.uuid,
-                      vendor_class=c.vendor_class, user_classes=list(c.user_classes),
-                      client_ip=req.ciaddr if req.ciaddr != "0.0.0.0" else None,
-                      server_ip=result.server, boot_file=result.boot_file, xid=req.xid,
-                      relay=req.giaddr if req.giaddr != "0.0.0.0" else None)
+        self.bus.emit(DHCP_REPLY, port=port, message=entry.reply, request=message, mac=mac,
+                      iface=iface.name, arch=entry.arch_code, firmware=entry.firmware, uuid=uuid,
+                      vendor_class=entry.vendor_class, user_classes=list(entry.user_classes),
+                      client_ip=ciaddr if ciaddr != "0.0.0.0" else None,
+                      server_ip=entry.server, boot_file=entry.boot_file, xid=xid,
+                      relay=entry.giaddr if entry.giaddr != "0.0.0.0" else None)
         # Per reply only at DEBUG: at a boot storm's rates a line per packet costs as much as the
         # answer. Replies are recorded as dhcp.reply events (boot sessions) and counted in metrics.
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s %s to %s (%s, arch %s) on %s: %s", port, result.message, c.mac, c.firmware,
-                      c.arch_label, iface.name, result.boot_file or "redirect to 4011")
+            log.debug("%s %s to %s (%s, arch %s) on %s: %s", port, entry.reply, mac, entry.firmware,
+                      arch_label(entry.arch_code), iface.name, entry.boot_file or "redirect to 4011")

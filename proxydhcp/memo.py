@@ -1,0 +1,148 @@
+"""Replies remembered by request shape. Pure: bytes in, bytes out.
+
+When a rack boots, its machines send the same request bytes but for who they are: the
+transaction id (xid), secs, the hardware address (chaddr), the client's address (ciaddr)
+and the SMBIOS UUID (option 97). Where responder.respond's decision cannot depend on who
+asks, the reply to one of them, with those fields put in, is the reply to every other one;
+the memo keeps it, keyed by the request with those fields blanked (its *shape*), and the
+next machine of the same shape costs a dictionary lookup and a few byte copies instead of
+decode, classify, decide and encode.
+
+What the decision may read about the asker, and so when a reply is kept (`Entry.make`):
+  - the MAC: allow/deny rules, known_machines_only groups and `mac_prefix` quirks read it,
+    so nothing is kept while any of them is configured;
+  - the MAC and UUID: an iPXE client's boot-script URL carries both, so iPXE replies are
+    never kept;
+  - ciaddr: an ACK copies it, a relayed OFFER sets the broadcast flag when it is 0.0.0.0,
+    and a request that is not relayed is answered to it: whether it is 0.0.0.0 is part of
+    the shape, and responder.destination tells each request where its reply goes;
+  - the source address of a 4011 request (its answer goes back there): whether it is
+    0.0.0.0 is part of the shape.
+Anything else in the request is in the shape as it came. A request with option overload
+(52), option 97 more than once or options that do not parse has no shape: it takes the full
+path, whose verdict on it stands. Silences are never kept. tests/unit/test_memo.py checks,
+request pair by request pair, that a remembered reply is byte for byte what the full path
+answers.
+"""
+
+from __future__ import annotations
+
+from proxydhcp import client as clientmod
+
+MAGIC = b"\x63\x82\x53\x63"
+OPTIONS = 240                 # BOOTP header (236) + magic cookie
+OVERLOAD, CLIENT_UUID = 52, 97
+XID, CHADDR, CIADDR = slice(4, 8), slice(28, 44), slice(12, 16)
+MAX_ENTRIES = 512             # shapes kept; all forgotten at once when full (a storm has a few)
+
+def shape(data: bytes, port: str, source_unset: bool):
+    """(key, uuid offset, uuid length) of a request, or None when it has no shape (see the
+    module's docstring). The offset is -1 when there is no option 97."""
+    n = len(data)
+    if n < OPTIONS or data[0] != 1 or data[236:240] != MAGIC:
+        return None
+    i, u, ulen = OPTIONS, -1, 0
+    while i < n:
+        code = data[i]
+        if code == 0:
+            i += 1
+            continue
+        if code == 255:
+            break
+        if i + 1 >= n:
+            return None
+        j = i + 2 + data[i + 1]
+        if j > n:
+            return None
+        if code == CLIENT_UUID:
+            if u >= 0:
+                return None
+            u, ulen = i + 2, j - i - 2
+        elif code == OVERLOAD:
+            return None
+        i = j
+    unset = b"\x01" if data[12:16] == b"\0\0\0\0" else b"\x00"
+    head = b"%s%s%s%s" % (port.encode(), b"\x01" if source_unset else b"\x00", unset, data[:4])
+    if u < 0:
+        return head + data[10:12] + data[16:28] + data[44:], -1, 0
+    return head + data[10:12] + data[16:28] + data[44:u] + data[u + ulen:], u, ulen
+
+
+class Entry:
+    """One remembered reply: its bytes and what is sent, logged and recorded with it."""
+
+    __slots__ = ("template", "uuid_at", "copy_ciaddr", "port", "request", "reply", "boot_file", "delay",
+                 "server", "firmware", "arch_code", "vendor_class", "user_classes", "giaddr")
+
+    def __init__(self, reply, req, data: bytes, payload: bytes, port: str) -> None:
+        c = reply.client
+        self.template, self.port = payload, port
+        self.request = req.message_type
+        self.reply, self.boot_file, self.delay, self.server = reply.message, reply.boot_file, reply.delay, reply.server
+        self.firmware, self.arch_code = c.firmware, c.arch_code
+        self.vendor_class, self.user_classes = c.vendor_class, c.user_classes
+        self.giaddr = req.giaddr
+        self.copy_ciaddr = data[CIADDR] != b"\0\0\0\0" and payload[CIADDR] == data[CIADDR]
+        self.uuid_at = _option_value_at(payload, CLIENT_UUID) if CLIENT_UUID in req.options else -1
+
+    @staticmethod
+    def keepable(reply, cfg, rules_empty: bool) -> bool:
+        """Whether the decision behind `reply` could not have depended on the MAC or UUID."""
+        if not rules_empty or cfg.dhcp.known_machines_only or reply.client.firmware == clientmod.IPXE:
+            return False
+        return not any("mac_prefix" in q.match for q in cfg.dhcp.quirks)
+
+
+def _option_value_at(payload: bytes, code: int) -> int:
+    i, n = OPTIONS, len(payload)
+    while i < n:
+        c = payload[i]
+        if c == 0:
+            i += 1
+            continue
+        if c == 255:
+            break
+        if c == code:
+            return i + 2
+        i += 2 + payload[i + 1]
+    raise ValueError(f"option {code} is not in the reply")
+
+
+class ReplyMemo:
+    """Shape -> Entry for one config (a reload starts it afresh)."""
+
+    def __init__(self) -> None:
+        self.entries: dict = {}
+        self.cfg = None
+        self.hits = 0
+
+    def get(self, key, cfg):
+        if cfg is not self.cfg:
+            self.entries.clear()
+            self.cfg = cfg
+            return None
+        return self.entries.get(key)
+
+    def put(self, key, entry: Entry) -> None:
+        if len(self.entries) >= MAX_ENTRIES:
+            self.entries.clear()
+        self.entries[key] = entry
+
+
+def patch(entry: Entry, data: bytes, u: int, ulen: int) -> bytes:
+    """The remembered reply for this request: its xid, chaddr, ciaddr (when the reply
+    carries it) and UUID put in."""
+    out = bytearray(entry.template)
+    out[XID] = data[XID]
+    out[CHADDR] = data[CHADDR]
+    if entry.copy_ciaddr:
+        out[CIADDR] = data[CIADDR]
+    if u >= 0:
+        at = entry.uuid_at
+        out[at:at + ulen] = data[u:u + ulen]
+    return bytes(out)
+
+
+def read_uuid(data: bytes, u: int, ulen: int) -> str | None:
+    """The UUID of a request of a remembered shape (as classify reads it)."""
+    return clientmod.read_uuid(data[u:u + ulen])[0] if u >= 0 else None
