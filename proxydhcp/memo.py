@@ -1,14 +1,15 @@
 """Replies remembered by request shape. Pure: bytes in, bytes out.
 
 When a rack boots, its machines send the same request bytes but for who they are: the
-transaction id (xid), secs, the hardware address (chaddr), the client's address (ciaddr)
+transaction id (xid), secs, the hardware address (chaddr), the client's address (ciaddr),
+the client identifier (option 61, which the decision never reads and no reply carries)
 and the SMBIOS UUID (option 97). Where responder.respond's decision cannot depend on who
 asks, the reply to one of them, with those fields put in, is the reply to every other one;
 the memo keeps it, keyed by the request with those fields blanked (its *shape*), and the
 next machine of the same shape costs a dictionary lookup and a few byte copies instead of
 decode, classify, decide and encode.
 
-What the decision may read about the asker, and so when a reply is kept (`Entry.make`):
+What the decision may read about the asker, and so when a reply is kept (`Entry.keepable`):
   - the MAC: allow/deny rules, known_machines_only groups and `mac_prefix` quirks read it,
     so nothing is kept while any of them is configured;
   - the MAC and UUID: an iPXE client's boot-script URL carries both, so iPXE replies are
@@ -19,8 +20,8 @@ What the decision may read about the asker, and so when a reply is kept (`Entry.
   - the source address of a 4011 request (its answer goes back there): whether it is
     0.0.0.0 is part of the shape.
 Anything else in the request is in the shape as it came. A request with option overload
-(52), option 97 more than once or options that do not parse has no shape: it takes the full
-path, whose verdict on it stands. Silences are never kept. tests/unit/test_memo.py checks,
+(52), option 61 or 97 more than once or options that do not parse has no shape: it takes the
+full path, whose verdict on it stands. Silences are never kept. tests/unit/test_memo.py checks,
 request pair by request pair, that a remembered reply is byte for byte what the full path
 answers.
 """
@@ -31,7 +32,7 @@ from proxydhcp import client as clientmod
 
 MAGIC = b"\x63\x82\x53\x63"
 OPTIONS = 240                 # BOOTP header (236) + magic cookie
-OVERLOAD, CLIENT_UUID = 52, 97
+OVERLOAD, CLIENT_ID, CLIENT_UUID = 52, 61, 97
 XID, CHADDR, CIADDR = slice(4, 8), slice(28, 44), slice(12, 16)
 MAX_ENTRIES = 512             # shapes kept; all forgotten at once when full (a storm has a few)
 
@@ -41,7 +42,7 @@ def shape(data: bytes, port: str, source_unset: bool):
     n = len(data)
     if n < OPTIONS or data[0] != 1 or data[236:240] != MAGIC:
         return None
-    i, u, ulen = OPTIONS, -1, 0
+    i, u, ulen, c, clen = OPTIONS, -1, 0, -1, 0
     while i < n:
         code = data[i]
         if code == 0:
@@ -58,15 +59,22 @@ def shape(data: bytes, port: str, source_unset: bool):
             if u >= 0:
                 return None
             u, ulen = i + 2, j - i - 2
+        elif code == CLIENT_ID:
+            if c >= 0:
+                return None
+            c, clen = i + 2, j - i - 2
         elif code == OVERLOAD:
             return None
         i = j
     unset = b"\x01" if data[12:16] == b"\0\0\0\0" else b"\x00"
-    head = b"%s%s%s%s" % (port.encode(), b"\x01" if source_unset else b"\x00", unset, data[:4])
-    if u < 0:
-        return head + data[10:12] + data[16:28] + data[44:], -1, 0
-    return head + data[10:12] + data[16:28] + data[44:u] + data[u + ulen:], u, ulen
-
+    key = [port.encode(), b"\x01" if source_unset else b"\x00", unset, data[:4], data[10:12], data[16:28]]
+    at = 44
+    for start, length in sorted(((u, ulen), (c, clen))):   # the values of 61 and 97 left out
+        if start >= 0:
+            key.append(data[at:start])
+            at = start + length
+    key.append(data[at:])
+    return b"".join(key), u, ulen
 
 class Entry:
     """One remembered reply: its bytes and what is sent, logged and recorded with it."""

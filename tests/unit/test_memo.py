@@ -105,9 +105,9 @@ def _merge(text: str) -> str:
        arch=st.sampled_from([None, 0, 6, 7, 9, 10, 11, 16]),
        a=st.tuples(macs, uuids, st.integers(0, 2**32 - 1), st.integers(0, 65535), addresses, st.integers(1, 65535)),
        b=st.tuples(macs, uuids, st.integers(0, 2**32 - 1), st.integers(0, 65535), addresses, st.integers(1, 65535)),
-       uuid_present=st.booleans())
+       uuid_present=st.booleans(), client_id=st.booleans())
 def test_a_remembered_reply_is_the_full_paths_reply(kind, port, relayed, with_ciaddr, cfg, arch, a, b,
-                                                    uuid_present):
+                                                    uuid_present, client_id):
     text = _merge(cfg)
     message = opt.DISCOVER if port == PORT_DHCP else opt.REQUEST
     giaddr = "10.9.0.1" if relayed else "0.0.0.0"
@@ -116,8 +116,10 @@ def test_a_remembered_reply_is_the_full_paths_reply(kind, port, relayed, with_ci
         mac, uuid, xid, secs, ip, sport = who
         if uuid_present and uuid is None:
             uuid = "00000000-0000-0000-0000-000000000000"
+        extra = {opt.CLIENT_ID: b"\x01" + bytes.fromhex(mac.replace(":", ""))} if client_id else None
         data = request_bytes(kind, mac=mac, xid=xid, message=message, arch=arch, giaddr=giaddr,
-                             ciaddr=ip if with_ciaddr else "0.0.0.0", uuid=uuid if uuid_present else None)
+                             ciaddr=ip if with_ciaddr else "0.0.0.0", uuid=uuid if uuid_present else None,
+                             extra=extra)
         if port == PORT_PROXY:
             source = (ip, sport)
         else:
@@ -214,6 +216,8 @@ def test_requests_without_a_shape():
     assert memo.shape(overload, PORT_DHCP, True) is None
     twice = base[:-1] + bytes((opt.CLIENT_UUID, 17)) + pxe.encode_uuid("6e65746c-6162-4000-8000-000000000009") + b"\xff"
     assert memo.shape(twice, PORT_DHCP, True) is None
+    ids = base[:-1] + bytes((opt.CLIENT_ID, 7, 1)) + b"RSTUVW" + bytes((opt.CLIENT_ID, 2)) + b"xy\xff"
+    assert memo.shape(ids, PORT_DHCP, True) is None
     assert memo.shape(base[:245] + b"\x3c", PORT_DHCP, True) is None          # an option without a length
     assert memo.shape(base[:241] + b"\x3c\x40abc", PORT_DHCP, True) is None    # ... running past the end
     assert memo.shape(b"\x02" + base[1:], PORT_DHCP, True) is None            # a BOOTREPLY
@@ -224,6 +228,10 @@ def test_the_shape_keeps_everything_but_who_asks():
     a = request_bytes("edk2", mac="52:54:00:00:00:01", xid=1, uuid="6e65746c-6162-4000-8000-000000000001")
     b = request_bytes("edk2", mac="52:54:00:00:00:02", xid=2, uuid="6e65746c-6162-4000-8000-000000000002")
     assert memo.shape(a, PORT_DHCP, True)[0] == memo.shape(b, PORT_DHCP, True)[0]
+    with_id = [request_bytes("edk2", mac="52:54:00:00:00:0%d" % i, xid=i, extra={opt.CLIENT_ID: b"\x01RTU%d" % i})
+               for i in (1, 2)]
+    assert memo.shape(with_id[0], PORT_DHCP, True)[0] == memo.shape(with_id[1], PORT_DHCP, True)[0]
+    assert memo.shape(with_id[0], PORT_DHCP, True)[0] != memo.shape(a, PORT_DHCP, True)[0]
     assert memo.shape(a, PORT_DHCP, True)[0] != memo.shape(a, PORT_PROXY, True)[0]
     assert memo.shape(a, PORT_PROXY, True)[0] != memo.shape(a, PORT_PROXY, False)[0]
     for arch in (0, 9):
