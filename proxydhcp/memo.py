@@ -29,6 +29,7 @@ answers.
 from __future__ import annotations
 
 from proxydhcp import client as clientmod
+from proxydhcp.dhcp.packet import MalformedPacket, option_spans
 
 MAGIC = b"\x63\x82\x53\x63"
 OPTIONS = 240                 # BOOTP header (236) + magic cookie
@@ -42,30 +43,22 @@ def shape(data: bytes, port: str, source_unset: bool):
     n = len(data)
     if n < OPTIONS or data[0] != 1 or data[236:240] != MAGIC:
         return None
-    i, u, ulen, c, clen = OPTIONS, -1, 0, -1, 0
-    while i < n:
-        code = data[i]
-        if code == 0:
-            i += 1
-            continue
-        if code == 255:
-            break
-        if i + 1 >= n:
-            return None
-        j = i + 2 + data[i + 1]
-        if j > n:
-            return None
+    try:
+        spans = option_spans(data, OPTIONS, n)
+    except MalformedPacket:
+        return None
+    u, ulen, c, clen = -1, 0, -1, 0
+    for code, i, j in spans:
         if code == CLIENT_UUID:
             if u >= 0:
                 return None
-            u, ulen = i + 2, j - i - 2
+            u, ulen = i, j - i
         elif code == CLIENT_ID:
             if c >= 0:
                 return None
-            c, clen = i + 2, j - i - 2
+            c, clen = i, j - i
         elif code == OVERLOAD:
             return None
-        i = j
     unset = b"\x01" if data[12:16] == b"\0\0\0\0" else b"\x00"
     key = [port.encode(), b"\x01" if source_unset else b"\x00", unset, data[:4], data[10:12], data[16:28]]
     at = 44
@@ -75,6 +68,7 @@ def shape(data: bytes, port: str, source_unset: bool):
             at = start + length
     key.append(data[at:])
     return b"".join(key), u, ulen
+
 
 class Entry:
     """One remembered reply: its bytes and what is sent, logged and recorded with it."""
@@ -102,17 +96,9 @@ class Entry:
 
 
 def _option_value_at(payload: bytes, code: int) -> int:
-    i, n = OPTIONS, len(payload)
-    while i < n:
-        c = payload[i]
-        if c == 0:
-            i += 1
-            continue
-        if c == 255:
-            break
-        if c == code:
-            return i + 2
-        i += 2 + payload[i + 1]
+    for found, i, _j in option_spans(payload, OPTIONS, len(payload)):
+        if found == code:
+            return i
     raise ValueError(f"option {code} is not in the reply")
 
 

@@ -58,26 +58,38 @@ class Packet:
         return self.chaddr[: self.hlen].hex(":")
 
 
-def _parse_options(buf: bytes, start: int, end: int, into: dict[int, bytes], where: str) -> None:
+def option_spans(buf: bytes, start: int, end: int, where: str = "options",
+                 what: str = "option") -> list[tuple[int, int, int]]:
+    """(code, first byte, end) of each option's value in buf[start:end], in order: the
+    RFC 2132 layout (code, length, value; 0 pads; 255 ends) that options, the file and sname
+    areas and encapsulated options (43, 175) share. Raises MalformedPacket on an option that
+    runs past `end`."""
+    spans = []
     i = start
     while i < end:
         code = buf[i]
-        if code == 0:      # opt.PAD (literals: this loop runs for every option of every packet)
+        if code == 0:
             i += 1
             continue
-        if code == 255:    # opt.END
-            return
+        if code == 255:
+            break
         if i + 1 >= end:
-            raise MalformedPacket(f"{where}: option {code} has no length byte")
+            raise MalformedPacket(f"{where}: {what} {code} has no length byte")
         j = i + 2 + buf[i + 1]
         if j > end:
-            raise MalformedPacket(f"{where}: option {code} of length {buf[i + 1]} runs past the end")
+            raise MalformedPacket(f"{where}: {what} {code} of length {buf[i + 1]} runs past the end")
+        spans.append((code, i + 2, j))
+        i = j
+    return spans
+
+
+def _parse_options(buf: bytes, start: int, end: int, into: dict[int, bytes], where: str) -> None:
+    for code, i, j in option_spans(buf, start, end, where):
         existing = into.get(code)
         if existing is None:
-            into[code] = buf[i + 2:j]
+            into[code] = buf[i:j]
         else:
-            into[code] = existing + buf[i + 2:j]  # RFC 3396: concatenate in order
-        i = j
+            into[code] = existing + buf[i:j]  # RFC 3396: concatenate in order
     # A missing END at the end of the area is tolerated (real clients omit it in file/sname).
 
 

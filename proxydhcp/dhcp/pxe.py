@@ -10,28 +10,15 @@ import uuid as uuidlib
 from dataclasses import dataclass
 
 from proxydhcp.dhcp import options as opt
-from proxydhcp.dhcp.packet import MalformedPacket
+from proxydhcp.dhcp.packet import MalformedPacket, option_spans
 
 
 def decode_suboptions(value: bytes, where: str) -> dict[int, bytes]:
     """RFC 2132 8.4 encapsulated options (option 43, option 175): code, len, data; 0 pads;
     255 ends. Repeated codes are concatenated."""
     out: dict[int, bytes] = {}
-    i, n = 0, len(value)
-    while i < n:
-        code = value[i]
-        if code == 0:
-            i += 1
-            continue
-        if code == 255:
-            break
-        if i + 1 >= n:
-            raise MalformedPacket(f"{where}: sub-option {code} has no length byte")
-        j = i + 2 + value[i + 1]
-        if j > n:
-            raise MalformedPacket(f"{where}: sub-option {code} runs past the end of the option")
-        out[code] = out.get(code, b"") + value[i + 2:j]
-        i = j
+    for code, i, j in option_spans(value, 0, len(value), where, "sub-option"):
+        out[code] = out.get(code, b"") + value[i:j]
     return out
 
 
