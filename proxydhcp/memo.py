@@ -29,19 +29,19 @@ answers.
 from __future__ import annotations
 
 from proxydhcp import client as clientmod
-from proxydhcp.dhcp.packet import MalformedPacket, option_spans
+from proxydhcp.dhcp.options import CLIENT_ID, CLIENT_UUID, OVERLOAD
+from proxydhcp.dhcp.packet import HEADER_LEN, MAGIC_COOKIE, MalformedPacket, option_spans
 
-MAGIC = b"\x63\x82\x53\x63"
-OPTIONS = 240                 # BOOTP header (236) + magic cookie
-OVERLOAD, CLIENT_ID, CLIENT_UUID = 52, 61, 97
+OPTIONS = HEADER_LEN + len(MAGIC_COOKIE)
 XID, CHADDR, CIADDR = slice(4, 8), slice(28, 44), slice(12, 16)
 MAX_ENTRIES = 512             # shapes kept; all forgotten at once when full (a storm has a few)
+
 
 def shape(data: bytes, port: str, source_unset: bool):
     """(key, uuid offset, uuid length) of a request, or None when it has no shape (see the
     module's docstring). The offset is -1 when there is no option 97."""
     n = len(data)
-    if n < OPTIONS or data[0] != 1 or data[236:240] != MAGIC:
+    if n < OPTIONS or data[0] != 1 or data[HEADER_LEN:OPTIONS] != MAGIC_COOKIE:
         return None
     try:
         spans = option_spans(data, OPTIONS, n)

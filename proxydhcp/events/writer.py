@@ -7,6 +7,9 @@ it restores the open sessions from the database, feeds it every event, ticks it 
 daemon says (TICK carries the daemon's clock) and writes the sessions that changed in the
 same transaction as the events.
 
+Runs at idle priority (idle_priority), and holds back batches that nobody waits for while
+the daemon's reactor is kept from a CPU (Contention): replies first.
+
 Reads batches (marshal frames) on stdin; answers each on stdout with (events written, error
 or None, [(token, result)], summary or None), the summary being sessions.summarise(): what
 the daemon turns into metrics, log lines and user hooks. A USER item makes it drop root as
@@ -78,7 +81,6 @@ class Contention:
         self.clock, self.sleep = clock, sleep
         self.last = self.sample()
         self.busy = False
-        self.paused = 0.0            # seconds held, all told
 
     def _read(self):
         with open(self.path) as fh:
@@ -121,7 +123,6 @@ class Contention:
                 break
             self.busy = self.contended(self.last, now, self.RELEASE)
             self.last = now
-        self.paused += held
         return held
 
 
