@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import sys
 import time
@@ -103,10 +102,9 @@ class Contention:
         return (after[1] - before[1] >= cls.RUN * span
                 and after[2] - before[2] >= (cls.WAIT if wait is None else wait) * span)
 
-    def hold(self, interrupt=None) -> float:
-        """Wait while the reactor is contended (at most PAUSE_MAX, or until `interrupt()`,
-        asked after each window, says stop); seconds waited. Costs one read of /proc when
-        it is not."""
+    def hold(self) -> float:
+        """Wait while the reactor is contended (at most PAUSE_MAX); seconds waited. Costs
+        one read of /proc when it is not."""
         if self.last is None:
             return 0.0
         now = self.sample()
@@ -119,8 +117,6 @@ class Contention:
         while self.busy and held < self.PAUSE_MAX:
             self.sleep(self.WINDOW)
             held += self.WINDOW
-            if interrupt is not None and interrupt():
-                break
             now = self.sample()
             if now is None:
                 self.busy = False
@@ -128,39 +124,6 @@ class Contention:
             self.busy = self.contended(self.last, now, self.RELEASE)
             self.last = now
         return held
-
-
-class Inbox:
-    """Frames from the daemon. While a batch is held, the frames that come in join it (up to
-    MAX_HELD items; beyond that the pipe holds the rest back, and the daemon's bounded queue
-    behind it), and one that somebody waits for, or the end of the input, ends the hold."""
-
-    MAX_HELD = 20000
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.batch: list = []
-        self.ended = False
-
-    def next(self) -> list | None:
-        batch = store.read_frame(self.fd)
-        if batch is None:
-            self.ended = True
-            return None
-        self.batch = batch
-        return batch
-
-    def arrived(self) -> bool:
-        """Take in what is waiting in the pipe; True if the hold should end."""
-        while len(self.batch) < self.MAX_HELD and select.select([self.fd], [], [], 0)[0]:
-            extra = store.read_frame(self.fd)
-            if extra is None:
-                self.ended = True
-                return True
-            self.batch.extend(extra)
-            if waited_for(extra):
-                return True
-        return False
 
 
 def waited_for(batch: list) -> bool:
@@ -231,13 +194,13 @@ def main(argv: list[str]) -> int:
     work = Work(conn, tracker, priority)
     inp, out = sys.stdin.fileno(), sys.stdout.fileno()
     contention = Contention(os.getppid())
-    inbox = Inbox(inp)
-    while not inbox.ended:
-        if inbox.next() is None:
+    while True:
+        batch = store.read_frame(inp)
+        if batch is None:
             break
-        if not waited_for(inbox.batch):
-            contention.hold(inbox.arrived)
-        answer = work.batch(inbox.batch)
+        if not waited_for(batch):
+            contention.hold()
+        answer = work.batch(batch)
         try:
             store.write_all(out, store.encode_frame(answer))
         except BrokenPipeError:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 from proxydhcp.events import store
-from proxydhcp.events.writer import Contention, Inbox, waited_for
+from proxydhcp.events.writer import Contention, waited_for
 
 MS = 1_000_000
 
@@ -106,60 +106,3 @@ def test_a_batch_somebody_waits_for_is_never_held():
     assert waited_for([(store.CALL, None, 8)])
     assert waited_for([(store.STOP, None, None)])
     assert waited_for([(store.USER, (65534, 65534), None)])
-
-
-def test_a_hold_ends_when_interrupted():
-    task = FakeTask([(0.6, 0.4)] * 1000)
-    c = contention(task)
-    asked = []
-    task.sleep(0.01)
-    held = c.hold(lambda: asked.append(1) or len(asked) >= 3)
-    assert len(asked) == 3 and abs(held - 3 * Contention.WINDOW) < 1e-9
-
-
-def _pipe_with(*frames, close=False):
-    r, w = os.pipe()
-    for frame in frames:
-        os.write(w, store.encode_frame(frame))
-    if close:
-        os.close(w)
-        w = None
-    return r, w
-
-
-EV = (store.EVENT, {"kind": "dhcp.reply", "mac": "52:54:00:00:00:01"}, None)
-
-
-def test_frames_that_arrive_during_a_hold_join_the_batch():
-    r, w = _pipe_with([EV], [EV, EV])
-    inbox = Inbox(r)
-    assert inbox.next() == [EV]
-    assert inbox.arrived() is False           # nobody waits for these: the hold goes on
-    assert inbox.batch == [EV, EV, EV]
-    assert inbox.arrived() is False           # nothing more in the pipe
-    os.write(w, store.encode_frame([(store.EVENT, {"kind": "lease"}, 7)]))
-    assert inbox.arrived() is True            # a hook waits: the hold ends, its event joins
-    assert len(inbox.batch) == 4 and not inbox.ended
-    os.close(w)
-    os.close(r)
-
-
-def test_the_end_of_input_ends_a_hold_and_keeps_what_was_read():
-    r, _ = _pipe_with([EV], [EV], close=True)
-    inbox = Inbox(r)
-    inbox.next()
-    assert inbox.arrived() is True
-    assert inbox.ended and inbox.batch == [EV, EV]
-    os.close(r)
-
-
-def test_a_held_batch_takes_in_no_more_than_max_held(monkeypatch):
-    monkeypatch.setattr(Inbox, "MAX_HELD", 3)
-    r, w = _pipe_with([EV, EV], [EV, EV], [EV, EV])
-    inbox = Inbox(r)
-    inbox.next()
-    assert inbox.arrived() is False
-    assert len(inbox.batch) == 4              # the third frame stays in the pipe
-    assert inbox.next() == [EV, EV]
-    os.close(w)
-    os.close(r)
