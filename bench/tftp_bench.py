@@ -456,6 +456,7 @@ def _pin(cpu: int) -> list[str]:
 
 
 def _run_client(ns: str, *args: str, timeout: float = 300) -> dict:
+    c0 = os.times()
     try:
         out = subprocess.run(["ip", "netns", "exec", ns, *_pin(1), sys.executable, os.path.abspath(__file__), *args],
                              capture_output=True, text=True, timeout=timeout, cwd=PROJECT)
@@ -463,7 +464,12 @@ def _run_client(ns: str, *args: str, timeout: float = 300) -> dict:
         return {"ok": False, "error": f"client ran over {timeout} s"}
     if out.returncode != 0:
         return {"ok": False, "error": out.stderr.strip()[-300:]}
-    return json.loads(out.stdout)
+    c1 = os.times()
+    result = json.loads(out.stdout)
+    # The client's own CPU (it is pinned alone on CPU 1): at about its wall time, the client
+    # is the ceiling of the case and the servers cannot be told apart by it.
+    result["client_cpu"] = c1.children_user + c1.children_system - c0.children_user - c0.children_system
+    return result
 
 
 def run_case(case: str, kind: str, cli_ns: str, args) -> dict:
@@ -496,6 +502,8 @@ def _describe(r: dict) -> str:
         s = f"{r['seconds']:.2f} s, p50 {r['p50']:.3f} s, p95 {r['p95']:.3f} s" if r.get("p50") is not None else ""
     else:
         s = f"{r['seconds']:.2f} s, blksize {r['blksize']}, window {r['windowsize']}" if r.get("ok") else ""
+    if r.get("client_cpu") is not None and r.get("seconds"):
+        s += f", client CPU {r['client_cpu']:.2f} s"
     if r.get("failures"):
         s += f"  FAILED: {r.get('failure_reasons') or r.get('error')}"
     return s
