@@ -9,7 +9,8 @@ the memo keeps it, keyed by the request with those fields blanked (its *shape*),
 next machine of the same shape costs a dictionary lookup and a few byte copies instead of
 decode, classify, decide and encode.
 
-What the decision may read about the asker, and so when a reply is kept (`Entry.keepable`):
+What the decision may read about the asker, and so when a reply is kept
+(`ReplyMemo.use`, `ReplyMemo.keepable`):
   - the MAC: allow/deny rules, known_machines_only groups and `mac_prefix` quirks read it,
     so nothing is kept while any of them is configured;
   - the MAC and UUID: an iPXE client's boot-script URL carries both, so iPXE replies are
@@ -87,12 +88,6 @@ class Entry:
         self.copy_ciaddr = data[CIADDR] != b"\0\0\0\0" and payload[CIADDR] == data[CIADDR]
         self.uuid_at = _option_value_at(payload, CLIENT_UUID) if CLIENT_UUID in req.options else -1
 
-    @staticmethod
-    def keepable(reply, cfg, rules_empty: bool) -> bool:
-        """Whether the decision behind `reply` could not have depended on the MAC or UUID."""
-        if not rules_empty or cfg.dhcp.known_machines_only or reply.client.firmware == clientmod.IPXE:
-            return False
-        return not any("mac_prefix" in q.match for q in cfg.dhcp.quirks)
 
 
 def _option_value_at(payload: bytes, code: int) -> int:
@@ -108,14 +103,27 @@ class ReplyMemo:
     def __init__(self) -> None:
         self.entries: dict = {}
         self.cfg = None
+        self.usable = False
         self.hits = 0
 
-    def get(self, key, cfg):
+    def use(self, cfg, rules_empty: bool) -> bool:
+        """Whether replies may be remembered under this config: none of its decisions reads
+        the MAC (no allow/deny rules, known_machines_only or mac_prefix quirk). Decided once
+        per config; a new config forgets what the old one answered."""
         if cfg is not self.cfg:
             self.entries.clear()
             self.cfg = cfg
-            return None
+            self.usable = (rules_empty and not cfg.dhcp.known_machines_only
+                           and not any("mac_prefix" in q.match for q in cfg.dhcp.quirks))
+        return self.usable
+
+    def get(self, key):
         return self.entries.get(key)
+
+    @staticmethod
+    def keepable(reply) -> bool:
+        """An iPXE client's script URL carries its MAC and UUID: its replies are never kept."""
+        return reply.client.firmware != clientmod.IPXE
 
     def put(self, key, entry: Entry) -> None:
         if len(self.entries) >= MAX_ENTRIES:

@@ -375,17 +375,16 @@ class DHCPService(UsesReactor, Service):
         started = time.perf_counter()
         cfg = self.live.current
         rules = self._limits(cfg)
-        shape = memo.shape(data, port, source[0] == "0.0.0.0")
+        shape = memo.shape(data, port, source[0] == "0.0.0.0") if self._memo.use(cfg, rules.empty) else None
         if shape is not None:
             key, u, ulen = shape
             key = (iface, key)
-            entry = self._memo.get(key, cfg)
+            entry = self._memo.get(key)
             if entry is not None:     # a machine like one answered before (proxydhcp.memo)
                 self._memo.hits += 1
                 mac = data[28:28 + data[2]].hex(":")
                 uuid = memo.read_uuid(data, u, ulen)
-                ciaddr = data[12:16]
-                ciaddr = "%d.%d.%d.%d" % tuple(ciaddr) if ciaddr != b"\0\0\0\0" else "0.0.0.0"
+                ciaddr = socket.inet_ntoa(data[12:16])
                 self._reply(sender, port, iface, entry, memo.patch(entry, data, u, ulen),
                             responder.destination(port, source, entry.giaddr, ciaddr), mac, uuid,
                             int.from_bytes(data[4:8], "big"), ciaddr, source_key or source[0], started)
@@ -412,7 +411,7 @@ class DHCPService(UsesReactor, Service):
             return
         payload = encode(result.packet)
         entry = memo.Entry(result, req, data, payload, port)
-        if shape is not None and memo.Entry.keepable(result, cfg, rules.empty):
+        if shape is not None and memo.ReplyMemo.keepable(result):
             self._memo.put(key, entry)
         c = result.client
         self._reply(sender, port, iface, entry, payload, result.dest, c.mac, c.uuid, req.xid, req.ciaddr,
