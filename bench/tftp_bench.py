@@ -8,8 +8,11 @@ It makes two network namespaces joined by veth through a bridge (tests/netlab.La
 server side, where each server listens on port 69 of its own address (proxydhcp 10.77.9.2,
 tftpd-hpa 10.77.9.3, dnsmasq 10.77.9.4; all three run for the whole bench, pinned to CPU 0),
 and the client side, which holds --clients addresses (10.77.9.10...) so a storm looks like
-a rack of machines, not one host. The bench's own client (this file's `client` and `storm`
-subcommands) runs in the client namespace, pinned to CPU 1. Cases:
+a rack of machines, not one host. The bench's own client runs in the client namespace,
+pinned to CPU 1: this file's `client` subcommand for single transfers, and for the storms
+bench/tftp_storm.c (built here with cc; the same protocol as this file's `storm`
+subcommand, which --storm-client python selects: in Python the client's core fills up before
+either server's does, and the storms then measure the client). Cases:
 
 - lockstep_1468, lockstep_512: one 32 MiB transfer lock-step at blksize 1468, and at 512
   (65537 blocks: rollover); window16: blksize 1468 with windowsize 16 (a server without
@@ -56,7 +59,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PROJECT = os.path.dirname(HERE)
 sys.path.insert(0, PROJECT)
 
-SERVER_IPS = {"proxydhcp": "10.77.9.2", "tftpd-hpa": "10.77.9.3", "dnsmasq": "10.77.9.4"}
+SERVER_IPS = {"proxydhcp": "10.77.9.2", "tftpd-hpa": "10.77.9.3", "dnsmasq": "10.77.9.4",
+              "proxydhcp-alt": "10.77.9.5"}       # --alt-tree: another checkout, for an A/B
+ALT_TREE = None
 CLIENT_BASE = "10.77.9."
 BIG = "big.bin"
 BIG_SIZE = 32 * 1024 * 1024
@@ -427,7 +432,7 @@ class RSSSampler(threading.Thread):
 
 def _server_argv(kind: str, root: str, workdir: str) -> list[str]:
     ip = SERVER_IPS[kind]
-    if kind == "proxydhcp":
+    if kind in ("proxydhcp", "proxydhcp-alt"):
         cfg = os.path.join(workdir, "proxydhcp.yaml")
         with open(cfg, "w") as fh:
             fh.write(f"tftp: {{root: {root}, port: 69}}\nboot: {{firmware: {{x64-uefi: ipxe.efi}}}}\n"
@@ -455,10 +460,12 @@ def _pin(cpu: int) -> list[str]:
     return prefix
 
 
-def _run_client(ns: str, *args: str, timeout: float = 300) -> dict:
+def _run_client(ns: str, *args: str, timeout: float = 300, exe: list[str] | None = None) -> dict:
+    """Runs this file's client (or `exe`) in the client namespace, pinned to CPU 1."""
     c0 = os.times()
+    exe = exe or [sys.executable, os.path.abspath(__file__)]
     try:
-        out = subprocess.run(["ip", "netns", "exec", ns, *_pin(1), sys.executable, os.path.abspath(__file__), *args],
+        out = subprocess.run(["ip", "netns", "exec", ns, *_pin(1), *exe, *args],
                              capture_output=True, text=True, timeout=timeout, cwd=PROJECT)
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"client ran over {timeout} s"}
@@ -483,6 +490,11 @@ def run_case(case: str, kind: str, cli_ns: str, args) -> dict:
         r["failures"] = 0 if r.get("ok") else 1
         return r
     sources = ",".join(f"{CLIENT_BASE}{10 + i}" for i in range(args.clients))
+    if args.storm_exe:
+        r = _run_client(cli_ns, server, STORM_FILE, str(prm["n"]), str(prm["concurrency"]), prm["style"],
+                        sources, args.storm_path, exe=[args.storm_exe])
+        r.setdefault("failures", prm["n"])
+        return r
     r = _run_client(cli_ns, "storm", "--server", server, "--file", STORM_FILE, "--n", str(prm["n"]),
                     "--concurrency", str(prm["concurrency"]), "--style", prm["style"], "--sources", sources,
                     "--expect-size", str(args.storm_size), "--expect-crc", str(args.storm_crc))
@@ -529,8 +541,9 @@ def report(results: dict, summary: dict, kinds: list[str], cases: list[str], arg
     print()
     print(f"TFTP benchmark over veth between namespaces ({os.cpu_count()} CPUs), {args.repeat} rounds, "
           f"servers interleaved{f', nice {args.nice}' if args.nice else ''}; MB/s of file bytes; "
-          f"median / best over the rounds")
-    peers = [k for k in kinds if k != "proxydhcp"]
+          f"median / best over the rounds; storm client: "
+          f"{'bench/tftp_storm.c' if args.storm_exe else 'Python'}")
+    peers = [k for k in kinds if not k.startswith("proxydhcp")]
     for case in cases:
         what, prm = CASES[case]
         title = {"single": f"one 32 MiB transfer, blksize {prm.get('blksize')}, windowsize {prm.get('window')}",
@@ -578,6 +591,12 @@ def main() -> int:
     p.add_argument("--nice", type=int, default=0,
                    help="run the servers and the client at this nice value (e.g. -5 on a machine shared "
                         "with other work: every server gets the same priority)")
+    p.add_argument("--storm-client", choices=["c", "python"], default="c",
+                   help="the storms' load client: bench/tftp_storm.c, built here with cc (default; the "
+                        "Python client saturates its core before the servers do), or this file's own")
+    p.add_argument("--alt-tree", metavar="DIR",
+                   help="also run proxydhcp's TFTP from another checkout (as proxydhcp-alt, not a peer): "
+                        "an A/B of two versions in the same rounds")
     p.add_argument("--json", action="store_true", help="also print the raw results as JSON")
     args = p.parse_args()
     global NICE
@@ -589,6 +608,10 @@ def main() -> int:
     if (os.cpu_count() or 1) >= 2:
         os.sched_setaffinity(0, {1})    # the RSS sampler and this loop stay off the servers' CPU
     kinds = [k for k in args.servers.split(",") if k]
+    global ALT_TREE
+    if args.alt_tree:
+        ALT_TREE = os.path.abspath(args.alt_tree)
+        kinds.insert(1, "proxydhcp-alt")
     cases = list(CASES) if args.cases == "all" else [c for c in args.cases.split(",") if c]
     unknown = [k for k in kinds if k not in SERVER_IPS] + [c for c in cases if c not in CASES]
     if unknown:
@@ -611,10 +634,21 @@ def main() -> int:
     src = "/boot/ipxe.efi" if os.path.exists("/boot/ipxe.efi") else None
     storm_data = open(src, "rb").read() if src else os.urandom(850528)
     args.storm_size, args.storm_crc = len(storm_data), zlib.crc32(storm_data)
-    with open(os.path.join(root, STORM_FILE), "wb") as fh:
+    args.storm_path = os.path.join(root, STORM_FILE)
+    with open(args.storm_path, "wb") as fh:
         fh.write(storm_data)
     for f in os.listdir(root):
         os.chmod(os.path.join(root, f), 0o644)
+    args.storm_exe = None
+    if args.storm_client == "c":
+        args.storm_exe = os.path.join(workdir, "tftp_storm")
+        cc = subprocess.run(["cc", "-O2", "-o", args.storm_exe, os.path.join(HERE, "tftp_storm.c")],
+                            capture_output=True, text=True)
+        if cc.returncode != 0:
+            print(f"cannot build bench/tftp_storm.c (needs cc; or --storm-client python):\n"
+                  f"{cc.stderr.strip()[-500:]}", file=sys.stderr)
+            shutil.rmtree(workdir, ignore_errors=True)
+            return 2
     results = {k: {c: [] for c in cases} for k in kinds}
     sampler = None
     procs, logs = {}, []
@@ -631,7 +665,8 @@ def main() -> int:
                 log = open(os.path.join(workdir, f"{kind}.log"), "w")
                 logs.append(log)
                 procs[kind] = lab.spawn(srv_ns, *_pin(0), *_server_argv(kind, root, workdir), stdout=log,
-                                        stderr=subprocess.STDOUT, cwd=PROJECT)
+                                        stderr=subprocess.STDOUT,
+                                        cwd=ALT_TREE if kind == "proxydhcp-alt" else PROJECT)
             for kind in kinds:
                 deadline = time.monotonic() + 15
                 while True:
