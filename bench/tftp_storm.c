@@ -108,7 +108,7 @@ static void send_last(struct slot *s) {
     s->sent_at = now();
 }
 
-static int open_sock(struct slot *s, uint32_t idx, const unsigned char *rrq, size_t len) {
+static void open_sock(struct slot *s, uint32_t idx, const unsigned char *rrq, size_t len) {
     s->fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
     if (s->fd < 0 || bind(s->fd, (struct sockaddr *)&s->src, sizeof s->src) < 0) {
         perror("socket/bind");
@@ -130,13 +130,28 @@ static int open_sock(struct slot *s, uint32_t idx, const unsigned char *rrq, siz
         exit(1);
     }
     send_last(s);
-    return 0;
 }
 
 static void close_sock(struct slot *s) {
     epoll_ctl(ep, EPOLL_CTL_DEL, s->fd, NULL);
     close(s->fd);
     s->fd = -1;
+}
+
+static struct in_addr *srcs;
+static int n_src, edk2, started, active;
+
+/* the next transfer, in slot `s`, from the next source address in turn */
+static void launch(struct slot *s, uint32_t idx) {
+    memset(&s->src, 0, sizeof s->src);
+    s->src.sin_family = AF_INET;
+    s->src.sin_addr = srcs[started % n_src];
+    s->phase = edk2 ? PROBE : XFER;
+    s->tsize = -1;
+    s->t0 = now();
+    started++;
+    active++;
+    open_sock(s, idx, rrq_first, rrq_first_len);
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -151,7 +166,7 @@ int main(int argc, char **argv) {
     }
     const char *name = argv[2];
     int n = atoi(argv[3]), concurrency = atoi(argv[4]);
-    int edk2 = strcmp(argv[5], "edk2") == 0;
+    edk2 = strcmp(argv[5], "edk2") == 0;
     if (!edk2 && strcmp(argv[5], "ipxe") != 0) {
         fprintf(stderr, "style must be ipxe or edk2, not %s\n", argv[5]);
         return 2;
@@ -187,8 +202,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bad server address, count, concurrency or file name\n");
         return 2;
     }
-    int n_src = 0;
-    struct in_addr *srcs = calloc(strlen(argv[6]) / 2 + 2, sizeof *srcs);
+    srcs = calloc(strlen(argv[6]) / 2 + 2, sizeof *srcs);
     for (char *tok = strtok(argv[6], ","); tok; tok = strtok(NULL, ","))
         if (inet_pton(AF_INET, tok, &srcs[n_src++]) != 1) {
             fprintf(stderr, "bad source address %s\n", tok);
@@ -208,27 +222,13 @@ int main(int argc, char **argv) {
         concurrency = n;
     struct slot *slots = calloc((size_t)concurrency, sizeof *slots);
     double *durations = calloc((size_t)n, sizeof *durations);
-    int started = 0, done = 0, failures = 0, active = 0;
+    int done = 0, failures = 0;
     uint64_t ok_bytes = 0;
     ep = epoll_create1(0);
 
-#define LAUNCH(i)                                                                 \
-    do {                                                                          \
-        struct slot *s_ = &slots[i];                                              \
-        memset(&s_->src, 0, sizeof s_->src);                                      \
-        s_->src.sin_family = AF_INET;                                             \
-        s_->src.sin_addr = srcs[started % n_src];                                 \
-        s_->phase = edk2 ? PROBE : XFER;                                          \
-        s_->tsize = -1;                                                           \
-        s_->t0 = now();                                                           \
-        started++;                                                                \
-        active++;                                                                 \
-        open_sock(s_, (uint32_t)(i), rrq_first, rrq_first_len);                  \
-    } while (0)
-
     double t_start = now();
     for (int i = 0; i < concurrency; i++)
-        LAUNCH(i);
+        launch(&slots[i], (uint32_t)i);
 
     unsigned char buf[70000];
     struct epoll_event events[256];
@@ -339,7 +339,7 @@ int main(int argc, char **argv) {
                     add_reason(why);
                 }
                 if (started < n)
-                    LAUNCH(idx);
+                    launch(s, idx);
             }
         }
         double t = now();
@@ -355,7 +355,7 @@ int main(int argc, char **argv) {
                     failures++;
                     add_reason("timeout");
                     if (started < n)
-                        LAUNCH(i);
+                        launch(&slots[i], (uint32_t)i);
                     continue;
                 }
                 send_last(s);
