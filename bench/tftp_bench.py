@@ -61,6 +61,7 @@ sys.path.insert(0, PROJECT)
 
 SERVER_IPS = {"proxydhcp": "10.77.9.2", "tftpd-hpa": "10.77.9.3", "dnsmasq": "10.77.9.4",
               "proxydhcp-alt": "10.77.9.5"}       # --alt-tree: another checkout, for an A/B
+OURS = ("proxydhcp", "proxydhcp-alt")                # never peers of each other
 ALT_TREE = None
 CLIENT_BASE = "10.77.9."
 BIG = "big.bin"
@@ -432,7 +433,7 @@ class RSSSampler(threading.Thread):
 
 def _server_argv(kind: str, root: str, workdir: str) -> list[str]:
     ip = SERVER_IPS[kind]
-    if kind in ("proxydhcp", "proxydhcp-alt"):
+    if kind in OURS:
         cfg = os.path.join(workdir, "proxydhcp.yaml")
         with open(cfg, "w") as fh:
             fh.write(f"tftp: {{root: {root}, port: 69}}\nboot: {{firmware: {{x64-uefi: ipxe.efi}}}}\n"
@@ -493,11 +494,10 @@ def run_case(case: str, kind: str, cli_ns: str, args) -> dict:
     if args.storm_exe:
         r = _run_client(cli_ns, server, STORM_FILE, str(prm["n"]), str(prm["concurrency"]), prm["style"],
                         sources, args.storm_path, exe=[args.storm_exe])
-        r.setdefault("failures", prm["n"])
-        return r
-    r = _run_client(cli_ns, "storm", "--server", server, "--file", STORM_FILE, "--n", str(prm["n"]),
-                    "--concurrency", str(prm["concurrency"]), "--style", prm["style"], "--sources", sources,
-                    "--expect-size", str(args.storm_size), "--expect-crc", str(args.storm_crc))
+    else:
+        r = _run_client(cli_ns, "storm", "--server", server, "--file", STORM_FILE, "--n", str(prm["n"]),
+                        "--concurrency", str(prm["concurrency"]), "--style", prm["style"], "--sources", sources,
+                        "--expect-size", str(args.storm_size), "--expect-crc", str(args.storm_crc))
     r.setdefault("failures", prm["n"])
     return r
 
@@ -543,7 +543,7 @@ def report(results: dict, summary: dict, kinds: list[str], cases: list[str], arg
           f"servers interleaved{f', nice {args.nice}' if args.nice else ''}; MB/s of file bytes; "
           f"median / best over the rounds; storm client: "
           f"{'bench/tftp_storm.c' if args.storm_exe else 'Python'}")
-    peers = [k for k in kinds if not k.startswith("proxydhcp")]
+    peers = [k for k in kinds if k not in OURS]
     for case in cases:
         what, prm = CASES[case]
         title = {"single": f"one 32 MiB transfer, blksize {prm.get('blksize')}, windowsize {prm.get('window')}",

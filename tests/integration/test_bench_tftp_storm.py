@@ -36,8 +36,8 @@ def served(tmp_path_factory):
     srv.stop()
 
 
-def _storm(exe, srv, style, expected, n=12, concurrency=5):
-    out = subprocess.run([exe, f"{HOST}:{srv.port}", "ipxe.efi", str(n), str(concurrency), style, SOURCES,
+def _storm(exe, srv, style, expected, n=12, concurrency=5, name="ipxe.efi"):
+    out = subprocess.run([exe, f"{HOST}:{srv.port}", name, str(n), str(concurrency), style, SOURCES,
                           str(expected)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
@@ -74,8 +74,6 @@ def test_a_shorter_file_than_expected_fails(storm_client, served, tmp_path):
 
 def test_a_missing_file_is_reported_with_the_servers_words(storm_client, served):
     srv, root, _data = served
-    out = subprocess.run([storm_client, f"{HOST}:{srv.port}", "nope.efi", "2", "2", "ipxe", SOURCES,
-                          str(root / "ipxe.efi")], capture_output=True, text=True, timeout=60)
-    r = json.loads(out.stdout)
+    r = _storm(storm_client, srv, "ipxe", root / "ipxe.efi", n=2, concurrency=2, name="nope.efi")
     assert (r["ok"], r["failures"]) == (False, 2)
     assert r["failure_reasons"] == ["file not found: nope.efi"]
