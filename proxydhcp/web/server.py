@@ -178,13 +178,19 @@ class BootScript(resource.Resource):
 
 
 class _File(static.File):
-    """static.File, but a Range header that is not ASCII is ignored like any malformed one
-    (static.File decodes it as UTF-8 to log it, and would answer 500)."""
+    """static.File, but a Range header it would answer with a 500 is ignored like any
+    malformed one (RFC 9110 14.2: the whole file, 200): one that is not ASCII (static.File
+    decodes it as UTF-8 to log it) or names no range at all (`bytes=`, `bytes=,`)."""
 
     def render_GET(self, request):
         byte_range = request.getHeader(b"range")
-        if byte_range is not None and not byte_range.isascii():
-            request.requestHeaders.removeHeader(b"range")
+        if byte_range is not None:
+            try:
+                usable = byte_range.isascii() and bool(self._parseRangeHeader(byte_range))
+            except ValueError:
+                usable = True   # static.File ignores it itself (and logs it)
+            if not usable:
+                request.requestHeaders.removeHeader(b"range")
         return super().render_GET(request)
 
     render_HEAD = render_GET

@@ -156,6 +156,47 @@ def test_range_requests_return_the_right_bytes(server, rng, start, end):
     assert headers["Content-Range"].endswith(f"/{len(server.big)}")
 
 
+def _parts(body, content_type):
+    """The parts of a multipart/byteranges body: [(Content-Range value, bytes)]."""
+    boundary = re.search(r"boundary=\"?([^\";]+)", content_type).group(1).encode()
+    out = []
+    for chunk in body.split(b"--" + boundary)[1:]:
+        if chunk.startswith(b"--"):
+            break
+        head, data = chunk.split(b"\r\n\r\n", 1)
+        assert data.endswith(b"\r\n")
+        crange = re.search(rb"(?im)^content-range: *(.+?)\r?$", head).group(1).decode()
+        out.append((crange, data[:-2]))
+    return out
+
+
+def test_multiple_ranges_are_a_multipart_answer_with_the_right_bytes(server):
+    size = len(server.big)
+    code, body, headers = get(server, "/debian/big.iso", {"Range": "bytes=0-9,4194304-4194403,-7"})
+    assert code == 206 and headers["Content-Type"].startswith("multipart/byteranges")
+    assert _parts(body, headers["Content-Type"]) == [
+        (f"bytes 0-9/{size}", server.big[0:10]),
+        (f"bytes 4194304-4194403/{size}", server.big[4194304:4194404]),
+        (f"bytes {size - 7}-{size - 1}/{size}", server.big[-7:])]
+    assert int(headers["Content-Length"]) == len(body)
+
+
+@pytest.mark.parametrize("rng", ["bytes=9-1", "bytes=abc", "items=0-5", "bytes=", "bytes=0-9,,x"])
+def test_a_malformed_range_is_ignored_and_the_whole_file_sent(server, rng):
+    code, body, headers = get(server, "/debian/big.iso", {"Range": rng})
+    assert code == 200 and body == server.big and "Content-Range" not in headers
+
+
+def test_an_unsatisfiable_range_is_a_416_naming_the_size(server):
+    size = len(server.big)
+    for rng in (f"bytes={size}-", f"bytes={size + 100}-{size + 200}"):
+        code, body, headers = get(server, "/debian/big.iso", {"Range": rng})
+        assert code == 416 and headers["Content-Range"] == f"bytes */{size}" and server.big[:64] not in body
+    # a last byte past the end is cut to the end (RFC 9110 14.1.1)
+    code, body, headers = get(server, "/debian/big.iso", {"Range": f"bytes={size - 3}-{size + 1000}"})
+    assert code == 206 and body == server.big[-3:] and headers["Content-Range"] == f"bytes {size - 3}-{size - 1}/{size}"
+
+
 def test_whole_file_head_and_links_inside_the_root(server):
     code, body, headers = get(server, "/debian/big.iso")
     assert code == 200 and body == server.big and headers["Accept-Ranges"] == "bytes"
