@@ -178,3 +178,48 @@ def test_example_configs_load_and_explain():
             target = d.fallback or d
             text = pol.script(target, pol.variables(m, "10.0.0.2", 8080, "/boot.ipxe", target))
             assert text.startswith("#!ipxe\n") and "{{" not in text
+
+
+def _example(name):
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return policy.load(config.load(os.path.join(root, "contrib", "examples", name)))
+
+
+def _script_for(pol, **machine):
+    m = policy.Machine(ip="10.9.0.5", **machine)
+    d = pol.match(m)
+    text = pol.script(d, pol.variables(m, "10.0.0.2", 8080, "/boot.ipxe", d))
+    labels, targets, items = labels_and_gotos(text)
+    assert text.startswith("#!ipxe\n") and "{{" not in text and targets <= labels and items <= labels
+    return d, text
+
+
+def test_the_seed_setups_are_expressed_by_the_examples():
+    """The setups the hand-written PHP served: a menu with Debian netboot, Fedora live, memtest
+    and local boot; a chain to Foreman; sanboot of an ISO; an installer straight from a mirror."""
+    lab = _example("lab-menu.yaml")
+    d, menu = _script_for(lab, mac="52:54:00:77:00:01", arch=0)
+    assert d.group_name == "everyone" and d.profile == "main"
+    for label, text in (("debian", "Debian 12 installer"), ("fedora-live", "Fedora live"),
+                        ("memtest", "Memtest86+"), ("local", "Boot from the local disk")):
+        assert re.search(rf"^item (--key \S+ )?proxydhcp-{label} {re.escape(text)}", menu, re.M), label
+    assert "choose --default proxydhcp-local --timeout 10000 proxydhcp_target" in menu
+    # sanboot of ISOs under http.root (served with Range), by URL on our own HTTP
+    assert "sanboot --no-describe http://10.0.0.2:8080/isos/Fedora-Workstation-Live-x86_64.iso ||" in menu
+    assert "sanboot --no-describe http://10.0.0.2:8080/isos/memtest86plus.iso ||" in menu
+    # an installer straight from the mirror, iPXE's own ${...} left for the machine
+    mirror = "http://deb.debian.org/debian/dists/bookworm/main/installer-amd64/current/images/netboot/debian-installer/amd64"
+    d, rack = _script_for(lab, mac="52:54:00:01:00:07", arch=0)
+    assert d.group_name == "rack1"
+    assert (f"kernel {mirror}/linux auto=true priority=critical url=http://10.0.0.2:8080/preseed/rack1.cfg hostname= "
+            "netcfg/choose_interface=${net0/mac} || goto proxydhcp-failed") in rack
+    assert f"initrd {mirror}/initrd.gz || goto proxydhcp-failed" in rack
+    # a chain to Foreman's iPXE template
+    d, foreman = _script_for(lab, mac="52:54:00:01:00:10", arch=0)
+    assert d.group_name == "web1"
+    assert "chain https://foreman.example.com/unattended/iPXE?mac=52:54:00:01:00:10 || goto proxydhcp-failed" in foreman
+    # UEFI HTTP boot: the installer from a mirror, by arch name
+    d, http_boot = _script_for(_example("uefi-http.yaml"), mac="52:54:00:77:00:02", arch=16, firmware="uefi-http",
+                               vendor_class="HTTPClient:Arch:00016:UNDI:003001")
+    assert d.group_name == "http-booted" and "kernel http://mirror.example/x64-uefi-http/linux auto=true" in http_boot
