@@ -40,6 +40,31 @@ def test_file_change_reloads_and_a_bad_file_keeps_the_old_config(tmp_path):
     assert metrics.REGISTRY.get_sample_value("proxydhcp_config_last_reload_successful") == 1
 
 
+def test_a_refused_reload_logs_why_and_keeps_serving(tmp_path, caplog):
+    path = tmp_path / "c.yaml"
+    path.write_text(GOOD)
+    live = config.LiveConfig(config.load(str(path)), str(path))
+    r = Reloader(live, task.Clock())
+    first = live.current
+    for bad, why in (("profiles: {local: {exit: true}\n", "YAML"),                      # not even YAML
+                     (GOOD + "groups: [{name: a, profile: local}, {name: b, profile: local}]\n", "equally specific"),
+                     (GOOD.replace("exit: true", "chain: 'http://x/{{ nope }}'"), "unknown template variable")):
+        path.write_text(bad)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="proxydhcp.config"):
+            assert r.reload("SIGHUP") is False
+        assert live.current is first
+        record = caplog.records[-1]
+        assert record.levelname == "ERROR" and "SIGHUP" in record.getMessage() and why in record.getMessage()
+        assert "keeping the running config" in record.getMessage()
+    path.unlink()                                                                       # gone: refused the same way
+    assert r.reload("SIGHUP") is False and live.current is first
+    path.write_text(GOOD.replace("local", "disk"))
+    with caplog.at_level("INFO", logger="proxydhcp.config"):
+        assert r.reload("SIGHUP") is True
+    assert "disk" in live.current.profiles and caplog.records[-1].levelname == "INFO"
+
+
 def test_watch_polls_on_the_reactor(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(GOOD)
