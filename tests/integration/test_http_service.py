@@ -29,11 +29,13 @@ profiles:
   debian: {{description: Debian, kernel: debian/linux, initrd: debian/initrd.gz, cmdline: "auto=true"}}
   iso: {{sanboot: debian/big.iso}}
   menu: {{menu: {{items: [debian, iso, local], default: local, timeout: 3}}}}
+  who: {{script: "echo who {{{{ mac }}}} uuid {{{{ uuid }}}} arch {{{{ arch }}}} ip {{{{ ip }}}}"}}
 groups:
   - {{name: default, profile: local}}
   - {{name: lab, profile: hello, selectors: {{mac: "52:54:00:aa:*"}}, metadata: {{rack: r2}}}}
   - {{name: installers, profile: debian, selectors: {{arch: 7, mac: "52:54:00:bb:*"}}}}
   - {{name: menu, profile: menu, selectors: {{mac: "52:54:00:cc:00:01"}}}}
+  - {{name: by-uuid, profile: who, selectors: {{uuid: 6e65746c-6162-4000-8000-0000000000e1, arch: 0}}}}
 """
 
 
@@ -121,18 +123,32 @@ def test_different_macs_get_different_scripts(server):
     assert len({a, b, c, d}) == 4
 
 
+def test_the_script_url_carries_mac_uuid_arch_and_ip(server):
+    uuid = "6e65746c-6162-4000-8000-0000000000e1"
+    code, text = ipxe_fetch(server, "52-54-00-EE-00-01", 0, uuid.upper())       # selected by the URL's uuid and arch
+    assert code == 200 and f"echo who 52:54:00:ee:00:01 uuid {uuid} arch 0 ip 127.0.0.1\n" in text  # ip: the peer
+    code, body, _ = get(server, f"/boot.ipxe?mac=52:54:00:ee:00:01&arch=0&uuid={uuid}&ip=10.9.0.44")
+    assert code == 200 and f"uuid {uuid} arch 0 ip 10.9.0.44\n" in body.decode()  # ip: as iPXE's ${ip} says
+    assert "# proxydhcp: profile local" in ipxe_fetch(server, "52:54:00:ee:00:01", 7, uuid)[1]  # arch 7: not by-uuid
+
+
 def test_fetches_emit_events(server):
     server.events(timeout=0.3)  # drain
     ipxe_fetch(server, "52:54:00:aa:00:07", 0)
     get(server, "/debian/big.iso", {"Range": "bytes=0-9"})
     get(server, "/healthz")
-    evs = server.events(timeout=3, until=lambda out: len(out) >= 2)
-    script, download = evs[0], evs[1]
+    get(server, "/firmware/ipxe.efi")
+    get(server, "/debian/missing.iso")
+    evs = server.events(timeout=3, until=lambda out: len(out) >= 4)
+    script, download, firmware, missing = evs[:4]
     assert script["kind"] == "http.fetch" and script["fetch"] == "script" and script["mac"] == "52:54:00:aa:00:07"
     assert script["code"] == 200 and script["profile"] == "hello" and script["group"] == "lab"
     assert script["client_ip"] == "127.0.0.1" and script["bytes"] > 0 and script["duration"] >= 0
     assert download["fetch"] == "file" and download["code"] == 206 and download["bytes"] == 10
     assert download["path"] == "/debian/big.iso"
+    assert firmware["fetch"] == "firmware" and firmware["code"] == 200 and firmware["bytes"] == 3000
+    assert firmware["path"] == "/firmware/ipxe.efi"
+    assert missing["fetch"] == "file" and missing["code"] == 404 and missing["path"] == "/debian/missing.iso"
     assert all(e["fetch"] != "health" for e in evs)
 
 
