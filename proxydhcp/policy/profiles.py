@@ -159,6 +159,8 @@ def _parse_menu(m, where: str) -> dict:
     timeout = m.get("timeout", 0)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
         _fail(where + ".timeout", "seconds, a non-negative number (0: wait for a choice)")
+    if timeout and default is None:
+        _fail(where + ".timeout", "needs a default: the item taken when the time is up")
     title = m.get("title")
     return {"items": out, "default": default, "timeout": timeout,
             "title": None if title is None else _single_line(title, where + ".title")}

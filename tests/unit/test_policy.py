@@ -136,6 +136,7 @@ def test_no_matching_group_gets_the_builtin_menu_saying_why():
     ({"m": {"menu": {"items": []}}}, [], "menu.items"),
     ({"a": {"exit": True}, "m": {"menu": {"items": ["a"], "default": "b"}}}, [], "not one of the items"),
     ({"a": {"exit": True}, "m": {"menu": {"items": ["a"], "timeout": -1}}}, [], "menu.timeout"),
+    ({"a": {"exit": True}, "m": {"menu": {"items": ["a"], "timeout": 5}}}, [], "menu.timeout: needs a default"),
     ({"a": {"exit": True}, "m": {"menu": {"items": [{"profile": "a", "key": "ab"}]}}}, [], "one letter"),
     ({"a": {"api": "http://x/"}, "m": {"menu": {"items": ["a"]}}}, [], "must be a local profile"),
     ({"a": {"api": "ftp://x/"}}, [], "api.url"),
