@@ -68,6 +68,17 @@ BY_CODE: dict[int, Arch] = {a.code: a for a in _TABLE}
 BY_NAME: dict[str, Arch] = {a.name: a for a in _TABLE}
 #: Every firmware key; the boot-file table in the config is keyed by these.
 FIRMWARE_KEYS: frozenset[str] = frozenset(a.firmware for a in _TABLE)
+#: Other spellings of a firmware key that the boot-file table accepts: "efi-<cpu>" for
+#: "<cpu>-uefi" (efi-x64, efi-arm64, ...), the order iPXE's and GRUB's build names use.
+FIRMWARE_ALIASES: dict[str, str] = {f"efi-{k[:-len('-uefi')]}": k for k in sorted(FIRMWARE_KEYS)
+                                    if k.endswith("-uefi")}
+
+
+def firmware_key(name: str) -> str | None:
+    """The firmware key a boot-file table key names (itself or an alias), or None."""
+    return name if name in FIRMWARE_KEYS else FIRMWARE_ALIASES.get(name)
+
+
 #: Label used for a code outside the table (metrics stay bounded).
 UNKNOWN = "unknown"
 #: All label values an arch metric label can take.

@@ -1,4 +1,4 @@
-"""Command line: `proxydhcp serve | check-config | arches | explain | sessions | events`."""
+"""Command line: `proxydhcp serve | check (check-config) | arches | explain | sessions | events`."""
 
 from __future__ import annotations
 
@@ -101,6 +101,9 @@ def _cmd_explain(args) -> int:
                         user_classes=args.user_class, hostname=args.hostname)
     lines, script = explain.explain(cfg, m, args.server or cfg.dhcp.server_address or "SERVER",
                                     ask_api=not args.no_api)
+    from proxydhcp import responder
+    lines += responder.explain(cfg, m.mac, args.arch, args.vendor_class, args.user_class or (), args.firmware,
+                               args.server or cfg.dhcp.server_address or "SERVER")
     print("\n".join(lines))
     print("script:")
     print(script, end="")
@@ -126,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "seconds, writes the event store and exits 0. Exit 1: cannot start (one line says "
                 "why); exit 2: bad config.")
     s.set_defaults(func=_cmd_serve)
-    s = sub.add_parser("check-config", help="validate a config file and exit")
+    s = sub.add_parser("check", aliases=["check-config"], help="validate a config file and exit")
     s.add_argument("-c", "--config", help="YAML config file (default: the built-in default)")
     s.set_defaults(func=_cmd_check_config)
     s = sub.add_parser("explain", help="which group and profile a machine gets, why, and its script")

@@ -235,12 +235,18 @@ def _validate(cfg: Config) -> None:
             _check_type(value, QUIRK_SET_KEYS[key], f"{where}.set.{key}")
         quirks.append(quirk)
     d.quirks = quirks
+    firmware = {}
     for key, path in cfg.boot.firmware.items():
-        if key not in arch.FIRMWARE_KEYS:
+        canonical = arch.firmware_key(str(key))
+        if canonical is None:
             raise ConfigError(f"boot.firmware.{key}: unknown firmware key; known: "
-                              f"{', '.join(sorted(arch.FIRMWARE_KEYS))}")
+                              f"{', '.join(sorted(arch.FIRMWARE_KEYS))} (or efi-<cpu> for <cpu>-uefi)")
         if not isinstance(path, str) or not path:
             raise ConfigError(f"boot.firmware.{key}: expected a file name")
+        if canonical in firmware:
+            raise ConfigError(f"boot.firmware.{key}: the same firmware key as another entry ({canonical}); keep one")
+        firmware[canonical] = path
+    cfg.boot.firmware = firmware
     if not cfg.boot.script_path.startswith("/"):
         raise ConfigError(f"boot.script_path: must start with '/', got {cfg.boot.script_path!r}")
     if cfg.log.format not in ("text", "json"):
@@ -341,11 +347,92 @@ def parse(text: str | None, source: str = "<config>") -> Config:
             user = {}
         if not isinstance(user, dict):
             raise ConfigError(f"{source}: the top level must be a mapping of sections")
+        lines = _key_lines(text)
+        user = _shorthands(user, lines)
         unknown = set(user) - set(SECTIONS) - {"profiles", "groups"}
         if unknown:
-            raise ConfigError(f"{source}: unknown section(s) {', '.join(sorted(map(str, unknown)))}; "
-                              f"known: {', '.join(sorted(SECTIONS) + ['groups', 'profiles'])}")
+            first = min(unknown, key=lambda k: lines.get(str(k), 0))
+            raise ConfigError(f"{source}, line {lines.get(str(first), '?')}: unknown section(s) "
+                              f"{', '.join(sorted(map(str, unknown)))}; known: "
+                              f"{', '.join(sorted(SECTIONS) + ['groups', 'profiles'] + sorted(SHORTHANDS))}")
         raw = _merge(raw, user)
+        try:
+            return _build(raw, source)
+        except ConfigError as exc:
+            line = _line_of(str(exc), lines)
+            if line is None:
+                raise
+            raise ConfigError(f"{source}, line {line}: {exc}") from None
+    return _build(raw, source)
+
+
+# Top-level shorthands for the settings every small config has: key -> (section, setting).
+SHORTHANDS = {"interfaces": ("dhcp", "interfaces"), "firmware": ("boot", "firmware")}
+
+
+def _shorthands(user: dict, lines: dict) -> dict:
+    """`interfaces:` and `firmware:` at the top level, moved to dhcp.interfaces and
+    boot.firmware (giving both forms is an error); their lines follow them."""
+    for short, (section, key) in SHORTHANDS.items():
+        if short not in user:
+            continue
+        sec = user.get(section) or {}
+        if not isinstance(sec, dict):
+            continue   # the section's own check names that
+        if key in sec:
+            raise ConfigError(f"{short} (line {lines.get(short, '?')}): also given as {section}.{key}; keep one")
+        user = dict(user)
+        user[section] = {**sec, key: user.pop(short)}
+        for path, n in list(lines.items()):
+            if path == short or path.startswith((short + ".", short + "[")):
+                lines[f"{section}.{key}{path[len(short):]}"] = n
+    return user
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Line (1-based) of each key and list item of a YAML document, by the path error
+    messages use: dhcp.quirks[0].set.firmware."""
+    out: dict[str, int] = {}
+
+    def walk(node, path: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                p = f"{path}.{k.value}" if path else str(k.value)
+                out.setdefault(p, k.start_mark.line + 1)
+                walk(v, p)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                p = f"{path}[{i}]"
+                out.setdefault(p, item.start_mark.line + 1)
+                walk(item, p)
+    try:
+        walk(yaml.compose(text, Loader=yaml.SafeLoader), "")
+    except yaml.YAMLError:
+        pass
+    return out
+
+
+def _line_of(message: str, lines: dict[str, int]) -> int | None:
+    """The line of the key an error message starts with (the nearest enclosing key found;
+    for "X: unknown setting(s) a, b" the line of X.a)."""
+    import re
+    m = re.match(r"([^\s:(]+)(?::| \()", message)
+    if not m:
+        return None
+    path = m[1]
+    unknown = re.match(r"[^:]+: unknown [a-z]+\(s\) ([^,;\s]+)", message)
+    if unknown and f"{path}.{unknown[1]}" in lines:
+        return lines[f"{path}.{unknown[1]}"]
+    while path not in lines:
+        parent = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", path)   # dhcp.quirks[0].set -> dhcp.quirks[0]
+        if parent == path:
+            return None
+        path = parent
+    return lines[path]
+
+
+def _build(raw: dict, source: str) -> Config:
+    """The Config of a merged raw mapping, validated."""
     sections = {name: _section(cls, raw.get(name), name) for name, cls in SECTIONS.items()}
     profiles = raw.get("profiles") or {}
     groups = raw.get("groups") or []

@@ -271,3 +271,55 @@ def respond(req: Packet, port: str, iface: Interface, source: tuple[str, int], c
     if to_relay and req.ciaddr == "0.0.0.0":
         rep.flags |= BROADCAST_FLAG  # the relay cannot unicast to a client without an address
     return Reply(rep, dest, opt.message_name(message), boot_file, s.reply_delay_ms / 1000.0, c, server)
+
+
+def explain(cfg: Config, mac: str, arch: int | None = None, vendor_class: str | None = None,
+            user_classes=(), firmware: str | None = None, server: str = "SERVER") -> list[str]:
+    """`proxydhcp explain`: what respond() answers a machine of this description on 67 and
+    then on 4011, as report lines. The request is built the way such firmware sends it
+    (option 60 PXEClient/HTTPClient:Arch:..., 93, 77), unless vendor_class is given."""
+    import ipaddress
+    import struct
+
+    from proxydhcp import arch as archtable
+    try:
+        ipaddress.IPv4Address(server)
+        address = server
+    except ValueError:
+        address = "192.0.2.1"           # stands for `server` in what the lines show
+    http = firmware == clientmod.UEFI_HTTP or (arch is not None and getattr(archtable.lookup(arch), "http", False))
+    if vendor_class is None:
+        vendor_class = f"{'HTTPClient' if http else 'PXEClient'}:Arch:{arch or 0:05d}:UNDI:003000"
+    classes = [c.encode() for c in user_classes or ()]
+    if firmware == clientmod.IPXE and not classes:
+        classes = [cfg.dhcp.custom_user_class.encode() if cfg.dhcp.custom_user_class else b"iPXE"]
+    o = {opt.MESSAGE_TYPE: bytes((opt.DISCOVER,)), opt.VENDOR_CLASS: vendor_class.encode()}
+    if arch is not None:
+        o[opt.CLIENT_ARCH] = struct.pack("!H", arch)
+    if classes:
+        o[opt.USER_CLASS] = b"".join(bytes((len(c),)) + c for c in classes)   # RFC 3004
+    req = Packet(op=BOOTREQUEST, chaddr=bytes.fromhex(mac.replace(":", "").replace("-", "")).ljust(16, b"\0"),
+                 flags=BROADCAST_FLAG, options=o)
+    iface = Interface("-", address)
+    out = []
+    for port, source in ((PORT_DHCP, ("0.0.0.0", 68)), (PORT_PROXY, ("192.0.2.200", 4011))):
+        if port == PORT_PROXY:
+            req.options[opt.MESSAGE_TYPE] = bytes((opt.REQUEST,))
+            req.ciaddr = source[0]
+        r = respond(req, port, iface, source, cfg)
+        if isinstance(r, Silence):
+            out.append(f"dhcp {port}: no reply ({r.reason}: {r.detail})")
+            if port == PORT_DHCP:
+                break
+            continue
+        c = r.client
+        what = f"{r.message.upper()} (yiaddr 0.0.0.0, 60 {r.packet.options[opt.VENDOR_CLASS].decode()})"
+        if r.boot_file:
+            shown = r.boot_file.replace(address, server)
+            out.append(f"dhcp {port}: {what}: boot file {shown} ({c.firmware}, arch {c.arch_label})")
+        else:
+            out.append(f"dhcp {port}: {what} with no boot file and no option 43: {c.firmware} firmware of "
+                       f"arch {c.arch_label} asks again on {PORT_PROXY} (dhcp.uefi_4011_redirect / quirk)")
+        if port == PORT_DHCP and c.firmware == clientmod.UEFI_HTTP:
+            break                       # UEFI HTTP boot has no 4011 step
+    return out
