@@ -17,8 +17,9 @@ either server's does, and the storms then measure the client). Cases:
 - lockstep_1468, lockstep_512: one 32 MiB transfer lock-step at blksize 1468, and at 512
   (65537 blocks: rollover); window16: blksize 1468 with windowsize 16 (a server without
   windowsize falls back to lock-step: the negotiated window is printed);
-- storm200_c50, storm200_c200: 200 transfers of ipxe.efi, 50 (200) at a time, each from a
+- storm500_c100: the storm of issue 3, 500 transfers of ipxe.efi, 100 at a time, each from a
   new port of one of the client addresses, iPXE-style (blksize 1432, tsize 0);
+- storm200_c50, storm200_c200: the same with 200 transfers, 50 (200) at a time;
 - edk2: 200 EDK2-style boots, 50 at a time: RRQ tsize=0 blksize=1468 windowsize=4, ERROR 8
   after the OACK, then a second RRQ blksize=1468 windowsize=4 from a new port for the file
   (../shared/captures/ovmf-edk2-pxe-then-ipxe-efi.txt); timed from the probe to the last block.
@@ -32,7 +33,9 @@ Server CPU is the median over the rounds of the user + system time the server us
 the case (the client's CPU is not in it): it shows which server does the same work
 cheaper, which a noisy throughput figure may hide (n/a for tftpd-hpa, whose exited
 per-transfer processes are not all counted).
-Peak RSS is summed over each server's processes (tftpd-hpa forks per transfer).
+Peak RSS is summed over each server's processes (tftpd-hpa forks per transfer), for the whole
+bench and for each case alone (the main process's high-water mark is reset before each case).
+After the cases, the targets of issue 3 against tftpd-hpa are printed, each MET or NOT MET.
 
 Everything it starts is killed by PID and the namespaces are deleted at the end. No
 traffic leaves the namespaces. Prints figures; asserts nothing.
@@ -73,6 +76,7 @@ CASES = {
     "lockstep_1468": ("single", {"blksize": 1468, "window": 1}),
     "lockstep_512": ("single", {"blksize": 512, "window": 1}),
     "window16": ("single", {"blksize": 1468, "window": 16}),
+    "storm500_c100": ("storm", {"n": 500, "concurrency": 100, "style": "ipxe"}),     # issue 3's storm
     "storm200_c50": ("storm", {"n": 200, "concurrency": 50, "style": "ipxe"}),
     "storm200_c200": ("storm", {"n": 200, "concurrency": 200, "style": "ipxe"}),
     "edk2": ("storm", {"n": 200, "concurrency": 50, "style": "edk2"}),
@@ -411,6 +415,28 @@ class RSSSampler(threading.Thread):
         self.peak_kb = {k: 0 for k in pids}
         self.max_procs = {k: 0 for k in pids}
         self.seen: dict[str, set] = {k: set() for k in pids}
+        self.current: tuple[str, str] | None = None        # (server, case) being run
+        self.case_peak_kb: dict[tuple[str, str], int] = {}
+
+    def begin(self, kind: str, case: str) -> None:
+        """A case starts on one server: fold its main process's high-water mark into the
+        bench's peak, then reset it (clear_refs 5), so the case's own peak can be read."""
+        pid = self.pids[kind]
+        self.peak_kb[kind] = max(self.peak_kb[kind], _rss_kb(pid, "VmHWM:"))
+        try:
+            with open(f"/proc/{pid}/clear_refs", "w") as fh:
+                fh.write("5")
+        except OSError:
+            pass
+        self.case_peak_kb[(kind, case)] = max(self.case_peak_kb.get((kind, case), 0), _rss_kb(pid))
+        self.current = (kind, case)
+
+    def end(self) -> None:
+        kind, case = self.current
+        hwm = _rss_kb(self.pids[kind], "VmHWM:")
+        self.case_peak_kb[(kind, case)] = max(self.case_peak_kb[(kind, case)], hwm)
+        self.peak_kb[kind] = max(self.peak_kb[kind], hwm)
+        self.current = None
 
     def run(self) -> None:
         while not self.stop_flag:
@@ -426,8 +452,11 @@ class RSSSampler(threading.Thread):
                 self.seen[kind].update(tree)
                 self.max_procs[kind] = max(self.max_procs[kind], len(tree))
                 # the main process's own high-water mark catches a peak between two samples
-                self.peak_kb[kind] = max(self.peak_kb[kind], sum(_rss_kb(p) for p in tree),
-                                         _rss_kb(root, "VmHWM:"))
+                total = sum(_rss_kb(p) for p in tree)
+                self.peak_kb[kind] = max(self.peak_kb[kind], total, _rss_kb(root, "VmHWM:"))
+                cur = self.current
+                if cur is not None and cur[0] == kind:
+                    self.case_peak_kb[cur] = max(self.case_peak_kb.get(cur, 0), total)
             time.sleep(self.interval)
 
 
@@ -511,7 +540,7 @@ def _rate(r: dict) -> float | None:
 
 def _describe(r: dict) -> str:
     if "p50" in r:
-        s = f"{r['seconds']:.2f} s, p50 {r['p50']:.3f} s, p95 {r['p95']:.3f} s" if r.get("p50") is not None else ""
+        s = f"total {r['seconds']:.2f} s, p50 {r['p50']:.3f} s, p95 {r['p95']:.3f} s" if r.get("p50") is not None else ""
     else:
         s = f"{r['seconds']:.2f} s, blksize {r['blksize']}, window {r['windowsize']}" if r.get("ok") else ""
     if r.get("client_cpu") is not None and r.get("seconds"):
@@ -559,7 +588,10 @@ def report(results: dict, summary: dict, kinds: list[str], cases: list[str], arg
             cpu = f"server CPU {s['cpu_median']:.2f} s" if s.get("cpu_median") is not None else ""
             if sampler is not None and sampler.max_procs[kind] > 1:
                 cpu = "server CPU n/a (forks)"      # exited children are not all counted
-            print(f"  {kind:10s} {fig}   failures {s['failures']}/{s['runs']} runs   {cpu}   [median run: {detail}]")
+            rss = sampler.case_peak_kb.get((kind, case)) if sampler is not None else None
+            rss = f"peak RSS {rss / 1024:.1f} MB   " if rss else ""
+            print(f"  {kind:10s} {fig}   failures {s['failures']} in {s['runs']} runs   {rss}{cpu}   "
+                  f"[median run: {detail}]")
         me = row.get("proxydhcp")
         if me and peers:
             parts = []
@@ -574,9 +606,56 @@ def report(results: dict, summary: dict, kinds: list[str], cases: list[str], arg
                 ok = me["failures"] == 0 and me["median"] is not None and me["median"] >= best_peer
                 verdict = "  target >= 1.0x, 0 failures: " + ("MET" if ok else "NOT MET")
             print(f"  proxydhcp / best peer: {', '.join(parts) or 'n/a'}{verdict}")
-    print("\n== peak RSS (summed over each server's processes)")
+    print("\n== peak RSS over the whole bench (summed over each server's processes)")
     for kind in kinds:
         print(f"  {kind:10s} {sampler.peak_kb[kind] / 1024:6.1f} MB  (up to {sampler.max_procs[kind]} processes)")
+    for line in issue3_targets(summary, cases, sampler):
+        print(line)
+
+
+RSS_TARGET_MB = 150
+
+
+def issue3_targets(summary: dict, cases: list[str], sampler) -> list[str]:
+    """Issue 3's targets, against tftpd-hpa, by the medians over the rounds: lock-step
+    >= 1.0x tftpd-hpa; windowsize 16 >= 2x tftpd-hpa lock-step (blksize 1468); the storm of
+    500 x 100 with zero failures and aggregate throughput >= tftpd-hpa's; RSS under 150 MB."""
+    if "proxydhcp" not in next(iter(summary.values()), {}) or "tftpd-hpa" not in next(iter(summary.values()), {}):
+        return []
+    out = ["\n== issue 3 targets (proxydhcp against tftpd-hpa, medians over the rounds)"]
+
+    def check(label: str, ok: bool, detail: str) -> None:
+        out.append(f"  {label:58s} {'MET' if ok else 'NOT MET'}  ({detail})")
+
+    def med(kind: str, case: str):
+        return summary[case][kind]["median"] if case in summary else None
+
+    for case in ("lockstep_1468", "lockstep_512"):
+        me, peer = med("proxydhcp", case), med("tftpd-hpa", case)
+        if case in cases:
+            ok = bool(me and peer) and me >= peer and summary[case]["proxydhcp"]["failures"] == 0
+            check(f"{case}: >= 1.0x tftpd-hpa", ok,
+                  f"{me / peer:.2f}x" if me and peer else f"proxydhcp {me}, tftpd-hpa {peer}")
+    if "window16" in cases and "lockstep_1468" in cases:
+        me, peer = med("proxydhcp", "window16"), med("tftpd-hpa", "lockstep_1468")
+        ok = bool(me and peer) and me >= 2 * peer and summary["window16"]["proxydhcp"]["failures"] == 0
+        check("window16: >= 2x tftpd-hpa lock-step (blksize 1468)", ok,
+              f"{me / peer:.2f}x" if me and peer else f"proxydhcp {me}, tftpd-hpa {peer}")
+    if "storm500_c100" in cases:
+        row = summary["storm500_c100"]
+        me, peer = row["proxydhcp"]["median"], row["tftpd-hpa"]["median"]
+        fails = row["proxydhcp"]["failures"]
+        check("storm 500 x 100: zero failures", fails == 0, f"{fails} failed transfers in {row['proxydhcp']['runs']} runs")
+        check("storm 500 x 100: aggregate throughput >= tftpd-hpa", bool(me and peer) and me >= peer,
+              f"{me / peer:.2f}x" if me and peer else f"proxydhcp {me}, tftpd-hpa {peer}")
+        storm_kb = sampler.case_peak_kb.get(("proxydhcp", "storm500_c100"), 0) if sampler else 0
+        check(f"storm 500 x 100: peak RSS < {RSS_TARGET_MB} MB", 0 < storm_kb < RSS_TARGET_MB * 1024,
+              f"{storm_kb / 1024:.1f} MB")
+    if sampler is not None:
+        kb = sampler.peak_kb["proxydhcp"]
+        check(f"whole bench: peak RSS < {RSS_TARGET_MB} MB", 0 < kb < RSS_TARGET_MB * 1024,
+              f"{kb / 1024:.1f} MB, with the 32 MiB file in the cache")
+    return out
 
 
 def main() -> int:
@@ -684,7 +763,9 @@ def main() -> int:
                 for case in cases:
                     for kind in kinds:
                         c0 = cpu_seconds(procs[kind].pid)
+                        sampler.begin(kind, case)
                         r = run_case(case, kind, cli_ns, args)
+                        sampler.end()
                         r["server_cpu"] = cpu_seconds(procs[kind].pid) - c0
                         results[kind][case].append(r)
                         rate = _rate(r)
