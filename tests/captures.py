@@ -101,3 +101,40 @@ def summaries(name: str) -> list[Summary]:
                 if m:
                     out[-1].opts[int(m[1])] = m[2]
     return out
+
+
+@dataclass
+class FlowLine:
+    """One line of the capture's compact "DHCP flow" section."""
+    time: float
+    src: str
+    dst: str
+    message: str
+    xid: int
+    fields: dict            # key (yiaddr, siaddr, sname, file, or an option code as text) -> text
+
+
+_FLOW = re.compile(r"^\s+([\d.]+)s (\S+)\s+-> (\S+)\s+(\w+)\s+([0-9a-f]{8})((?: \d*[a-z]*=(?:'[^']*'|\S+))*)"
+                   r"(?: 43=(.* END))?$")   # option 43 last, as text up to its END
+
+
+def flow(name: str) -> list[FlowLine]:
+    """The compact flow section; raises ValueError on a line of it that does not parse."""
+    out: list[FlowLine] = []
+    section = None
+    with open(os.path.join(CAPTURES, name + ".txt")) as fh:
+        for line in fh:
+            line = line.rstrip("\n")
+            if line.startswith("==="):
+                section = line
+                continue
+            if "DHCP flow" not in (section or "") or not line.strip():
+                continue
+            m = _FLOW.match(line)
+            if not m:
+                raise ValueError(f"{name}: flow line not understood: {line!r}")
+            fields = {k: v.strip("'") for k, v in _FIELD.findall(m[6])}
+            if m[7]:
+                fields["43"] = m[7]
+            out.append(FlowLine(float(m[1]), m[2], m[3], m[4], int(m[5], 16), fields))
+    return out

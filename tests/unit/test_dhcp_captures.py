@@ -1,5 +1,6 @@
 """Decoding every DHCP packet of the real captures gives what their .txt summaries say."""
 
+import re
 import socket
 
 import pytest
@@ -17,6 +18,69 @@ def _pairs():
     for name in NAMES:
         for d, s in zip(captures.udp_datagrams(name), captures.summaries(name)):
             yield pytest.param(d, s, id=f"{name}@{s.time}s-{s.message}")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_packet_has_its_summary_in_order_and_time(name):
+    """One detailed summary per DHCP datagram of the capture (zip above would hide a missing
+    one), in capture order, at the same times (the .txt counts from QEMU start, in ms)."""
+    dgrams, summ = captures.udp_datagrams(name), captures.summaries(name)
+    assert len(dgrams) == len(summ) > 0
+    requests = ("DISCOVER", "REQUEST", "INFORM", "DECLINE", "RELEASE")
+    assert len(captures.client_requests(name)) == sum(1 for s in summ if s.message in requests) > 0
+    for d, s in zip(dgrams, summ):
+        assert abs((d.time - dgrams[0].time) - (s.time - summ[0].time)) < 0.0015, (d, s)
+
+
+_FLOW_OPTIONS = {"60": opt.VENDOR_CLASS, "77": opt.USER_CLASS, "93": opt.CLIENT_ARCH, "54": opt.SERVER_ID,
+                 "175": opt.IPXE_ENCAP, "43": opt.VENDOR_SPECIFIC}
+_PXE_SUBOPTIONS = {"DISCOVERY-CONTROL": opt.PXE_DISCOVERY_CONTROL, "BOOT-SERVERS": opt.PXE_BOOT_SERVERS,
+                   "BOOT-MENU": opt.PXE_BOOT_MENU, "MENU-PROMPT": opt.PXE_MENU_PROMPT, "BOOT-ITEM": opt.PXE_BOOT_ITEM}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_compact_flow_matches_decoded_packets(name):
+    """The compact "DHCP flow" section, line by line, against the decoded packets: every
+    field it shows, and for a client request exactly the options it lists (60 77 93 54 175)."""
+    flow = captures.flow(name)
+    dgrams = captures.udp_datagrams(name)
+    assert len(flow) == len(dgrams)
+    t0 = captures.summaries(name)[0].time - dgrams[0].time   # the .txt clock minus ours
+    unmatched = list(dgrams)
+    for line in flow:
+        [d] = [d for d in unmatched if f"{d.src}:{d.sport}" == line.src and f"{d.dst}:{d.dport}" == line.dst
+               and abs(d.time + t0 - line.time) < 0.0015]
+        unmatched.remove(d)
+        pkt = packet.decode(d.payload)
+        assert (opt.message_name(pkt.message_type).upper(), pkt.xid) == (line.message, line.xid)
+        for key in ("yiaddr", "siaddr"):
+            assert line.fields.get(key, "0.0.0.0") == getattr(pkt, key)
+        for key in ("sname", "file"):
+            assert line.fields.get(key, "") == getattr(pkt, key).decode()
+        shown = {k for k in line.fields if k.isdigit()}
+        if pkt.op == packet.BOOTREQUEST:
+            assert shown == {k for k, code in _FLOW_OPTIONS.items() if code in pkt.options}
+        for key in shown:
+            value = pkt.options[_FLOW_OPTIONS[key]]
+            text = line.fields[key]
+            if key == "93":
+                assert pxe.decode_arch_list(value) == [int(text)]
+            elif key == "54":
+                assert socket.inet_ntoa(value) == text
+            elif key == "175":
+                assert text == "yes" and pxe.decode_ipxe_features(value)
+            elif key == "77":
+                assert pxe.decode_user_classes(value) == [text.encode()]
+            elif key == "43":       # sub-options named in wire order, then END
+                sub = pxe.decode_suboptions(value, "43")
+                names = re.findall(r"(?:^| )([A-Z-]+)=", text)
+                assert [_PXE_SUBOPTIONS[n] for n in names] == list(sub) and text.endswith(" END")
+                if opt.PXE_BOOT_ITEM in sub:
+                    item = pxe.decode_boot_item(sub[opt.PXE_BOOT_ITEM])
+                    assert f"BOOT-ITEM=type {item.type} layer {item.layer} END" in text
+            else:
+                assert value.decode() == text
+    assert unmatched == []
 
 
 @pytest.mark.parametrize("dgram,summary", list(_pairs()))
