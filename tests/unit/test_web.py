@@ -52,3 +52,43 @@ def test_policy_follows_the_running_config():
     assert svc.policy is first
     live.current = config.parse("profiles: {l: {exit: true}}\ngroups: [{profile: l}]")
     assert svc.policy is not first and "l" in svc.policy.profiles
+
+
+def test_selectors_a_url_does_not_carry_come_from_the_real_dhcp_reply_event():
+    """The DHCP service and the HTTP service on one bus, as in the daemon: the interface,
+    firmware kind, vendor class and user class of the machine's last reply select its group
+    (field names are a contract between two modules; this holds them together)."""
+    from proxydhcp import policy
+    from proxydhcp.net.dhcp_service import DHCPService
+    from proxydhcp.responder import PORT_DHCP, Interface
+    from tests.dhcp_clients import request_bytes
+    live = config.LiveConfig(config.parse("""
+profiles: {local: {exit: true}, ipxe: {exit: true}, http: {exit: true}}
+groups:
+  - {name: default, profile: local}
+  - {name: ipxe-on-lab, profile: ipxe, selectors: {interface: "lab*", firmware: ipxe, user_class: iPXE,
+                                                   vendor_class: "PXEClient:Arch:00007:*"}}
+  - {name: http-on-lab, profile: http, selectors: {interface: "lab*", firmware: uefi-http, subnet: 10.0.0.0/8,
+                                                   vendor_class: "HTTPClient:*"}}
+"""))
+    bus = EventBus()
+    dhcp = DHCPService(live, bus, interfaces=lambda: {})
+    web = HTTPService(live, bus)
+
+    class Tx:
+        def send(self, *args):
+            pass
+
+    def group_after(kind, mac, iface):
+        dhcp.handle(request_bytes(kind, mac=mac), PORT_DHCP, Interface(iface, "10.77.0.2", 2), ("0.0.0.0", 68), Tx())
+        m = machine_from({"mac": mac}, "10.77.0.50", web.registry)
+        return m, web.policy.match(m).group_name
+
+    m, group = group_after("ipxe", "52:54:00:0a:00:01", "lab0")
+    assert (m.interface, m.firmware, m.user_classes, m.arch) == ("lab0", "ipxe", ("iPXE",), 7)
+    assert m.uuid == policy.normalise_uuid(m.uuid) and m.uuid                 # option 97, as the reply saw it
+    assert group == "ipxe-on-lab"
+    assert group_after("ipxe", "52:54:00:0a:00:02", "office0")[1] == "default"   # another interface
+    m, group = group_after("uefi-http", "52:54:00:0a:00:03", "lab1")
+    assert (m.firmware, m.vendor_class, m.arch) == ("uefi-http", "HTTPClient:Arch:00016:UNDI:003000", 16)
+    assert group == "http-on-lab"
