@@ -1,7 +1,8 @@
 """The DHCP-server hooks called by the real servers, in network namespaces.
 
 proxydhcp runs in one namespace; dnsmasq, ISC dhcpd and Kea each run in their own, call
-their hook (hooks/) on each lease, and a real client (udhcpc) takes leases. The events
+their hook (hooks/) on each lease, each configured by its ready-to-use snippet in contrib/,
+and a real client (udhcpc) takes leases. The events
 must land in the store, join the boot session of the same MAC, and show in
 `proxydhcp sessions`. dnsmasq's own TFTP server reports its transfers through the same hook.
 """
@@ -60,12 +61,16 @@ def env():
     shutil.rmtree(work, ignore_errors=True)
 
 
-def wrapper(lab, name: str) -> str:
-    """A tiny script exporting the hook settings (Kea passes the script no environment)."""
-    path = os.path.join(lab.work, f"{name}-wrapper")
+def contrib(lab, relpath: str) -> str:
+    """A ready-to-use snippet from contrib/, as an operator installs it: only the install paths
+    are this checkout's hooks/ and this lab's state dir. Returns the copy's path."""
+    with open(os.path.join(ROOT, "contrib", relpath)) as fh:
+        text = fh.read()
+    assert "/usr/lib/proxydhcp/hooks/" in text, relpath   # the snippet names its hook
+    text = text.replace("/usr/lib/proxydhcp/hooks", HOOKS).replace("/var/lib/proxydhcp", lab.state)
+    path = os.path.join(lab.work, os.path.basename(relpath))
     with open(path, "w") as fh:
-        fh.write("#!/bin/sh\n" + "".join(f"export {k}={v}\n" for k, v in lab.hook_env.items()) +
-                 f'exec {HOOKS}/{name} "$@"\n')
+        fh.write(text)
     os.chmod(path, 0o755)
     return path
 
@@ -139,10 +144,11 @@ def test_dnsmasq_leases_and_its_tftp_join_the_boot_session(env):
     with open(os.path.join(tftp_root, "undionly.kpxe"), "wb") as fh:
         fh.write(os.urandom(70000))
     server = lab.spawn(ns, "env", *(f"{k}={v}" for k, v in lab.hook_env.items()),
-                       "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0", "--user=root",
+                       "dnsmasq", "--no-daemon", f"--conf-file={contrib(lab, 'dnsmasq/proxydhcp-hook.conf')}",
+                       "--port=0", "--user=root",
                        "--dhcp-range=10.79.0.100,10.79.0.150,255.255.255.0,1h", "--no-ping",
                        f"--dhcp-leasefile={lab.work}/dnsmasq.leases", "--log-dhcp",
-                       f"--dhcp-script={HOOKS}/dnsmasq-hook", "--enable-tftp", f"--tftp-root={tftp_root}",
+                       "--enable-tftp", f"--tftp-root={tftp_root}",
                        f"--pid-file={lab.work}/dnsmasq.pid")
     try:
         cns, mac = client(lab, "c1")
@@ -180,19 +186,7 @@ ddns-update-style none;
 default-lease-time 600;
 max-lease-time 600;
 authoritative;
-on commit {
-  set pd_mac = binary-to-ascii(16, 8, ":", substring(hardware, 1, 6));
-  execute("%(hook)s", "commit", pd_mac, binary-to-ascii(10, 8, ".", leased-address),
-          pick-first-value(option host-name, ""), binary-to-ascii(10, 32, "", encode-int(lease-time, 32)),
-          pick-first-value(option vendor-class-identifier, ""));
-}
-on release {
-  execute("%(hook)s", "release", binary-to-ascii(16, 8, ":", substring(hardware, 1, 6)),
-          binary-to-ascii(10, 8, ".", leased-address));
-}
-on expiry {
-  execute("%(hook)s", "expiry", pd_mac, binary-to-ascii(10, 8, ".", leased-address));
-}
+include "%(snippet)s";
 subnet 10.79.0.0 netmask 255.255.255.0 {
   range 10.79.0.160 10.79.0.180;
 }
@@ -205,7 +199,7 @@ def test_isc_dhcpd_execute_commit_and_release(env):
     ns = lab.host("isc", "10.79.0.3/24")
     conf = os.path.join(lab.work, "dhcpd.conf")
     with open(conf, "w") as fh:
-        fh.write(ISC_CONF % {"hook": os.path.join(HOOKS, "isc-dhcpd-hook")})
+        fh.write(ISC_CONF % {"snippet": contrib(lab, "isc-dhcpd/proxydhcp-hook.conf")})
     leases = os.path.join(lab.work, "dhcpd.leases")
     open(leases, "w").close()
     server = lab.spawn(ns, "env", *(f"{k}={v}" for k, v in lab.hook_env.items()),
@@ -236,15 +230,19 @@ def test_kea_run_script_committed_and_release(env):
     lab = env
     ns = lab.host("kea", "10.79.0.4/24")
     conf = os.path.join(lab.work, "kea.json")
+    with open(contrib(lab, "kea/kea-dhcp4-hook.json")) as fh:
+        snippet = json.load(fh)              # merged into Dhcp4, as its comment says
+    (lib,) = snippet["hooks-libraries"]
+    assert lib["library"] == KEA_RUN_SCRIPT and lib["parameters"]["name"] == os.path.join(HOOKS, "kea-hook")
+    lib["parameters"]["name"] = contrib(lab, "kea/proxydhcp-kea-wrapper")   # this lab's state dir
+    dhcp4 = {"interfaces-config": {"interfaces": ["eth0"], "dhcp-socket-type": "raw"},
+             "lease-database": {"type": "memfile", "persist": False},
+             "valid-lifetime": 900,
+             "subnet4": [{"id": 1, "subnet": "10.79.0.0/24", "pools": [{"pool": "10.79.0.200 - 10.79.0.220"}]}],
+             "loggers": [{"name": "kea-dhcp4", "output_options": [{"output": "stdout"}], "severity": "INFO"}]}
+    dhcp4.update(snippet)
     with open(conf, "w") as fh:
-        json.dump({"Dhcp4": {
-            "interfaces-config": {"interfaces": ["eth0"], "dhcp-socket-type": "raw"},
-            "lease-database": {"type": "memfile", "persist": False},
-            "valid-lifetime": 900,
-            "hooks-libraries": [{"library": KEA_RUN_SCRIPT,
-                                 "parameters": {"name": wrapper(lab, "kea-hook"), "sync": False}}],
-            "subnet4": [{"id": 1, "subnet": "10.79.0.0/24", "pools": [{"pool": "10.79.0.200 - 10.79.0.220"}]}],
-            "loggers": [{"name": "kea-dhcp4", "output_options": [{"output": "stdout"}], "severity": "INFO"}]}}, fh)
+        json.dump({"Dhcp4": dhcp4}, fh)
     kea_env = dict(os.environ, KEA_PIDFILE_DIR=lab.work, KEA_LOCKFILE_DIR=lab.work)
     server = lab.spawn(ns, "kea-dhcp4", "-c", conf, env=kea_env)
     try:
