@@ -219,6 +219,13 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _words(text: str) -> str:
+    """Free text as the trailing arguments of an iPXE command: one line, and after `--` when it
+    starts with '-' (iPXE would read `-=[ Lab ]=-` as options and fail the command)."""
+    text = _one_line(text)
+    return f"-- {text}" if text.startswith("-") else text
+
+
 def render(profiles: dict[str, Profile], name: str, vars: dict, notes: tuple = ()) -> str:
     """The iPXE script for profile `name`. A menu becomes one script: every profile reachable
     from it is a labelled section, and menu choices `goto` those labels. `notes` are shown
@@ -227,7 +234,7 @@ def render(profiles: dict[str, Profile], name: str, vars: dict, notes: tuple = (
     who = f"# proxydhcp: profile {name} for {vars.get('mac', '?')}"
     if vars.get("group"):
         who += f" (group {vars['group']})"
-    lines = ["#!ipxe", who] + [f"echo {_one_line(n)}" for n in notes]
+    lines = ["#!ipxe", who] + [f"echo {_words(n)}" for n in notes]
     if root.kind == "menu":
         lines.append(f"goto {root.label}")
         for p in reachable(profiles, name):
@@ -281,7 +288,7 @@ def _body(p: Profile, vars: dict) -> list[str]:
 
 def _menu(p: Profile, profiles: dict[str, Profile]) -> list[str]:
     m = p.spec
-    out = [f"menu {_one_line(m['title'] or p.description)}"]
+    out = [f"menu {_words(m['title'] or p.description)}"]
     for item in m["items"]:
         if "gap" in item:
             text = _one_line(item["gap"])

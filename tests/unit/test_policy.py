@@ -83,6 +83,18 @@ def test_menu_is_one_script_with_a_section_per_reachable_profile():
     assert ":proxydhcp-foreman" not in text  # not reachable from this menu
 
 
+def test_text_starting_with_a_dash_is_not_read_as_options_by_ipxe():
+    profiles = {"l": {"exit": True}, "m": {"menu": {"title": "-=[ Lab ]=-", "items": ["l"]}}}
+    text = render("m", profiles, [{"profile": "m"}])
+    assert "\nmenu -- -=[ Lab ]=-\n" in text
+    pol = policy.Policy(profiles, [{"profile": "m"}])
+    m = policy.Machine(MAC)
+    d = pol.match(m)
+    vars = pol.variables(m, "10.0.0.2", 8080, "/boot.ipxe", d)
+    assert "\necho -- -n is not an option here\n" in pol.script(d, vars, pol.profiles["l"], ("-n is not an option here",))
+    assert "\nmenu Pick one\n" in render("menu")      # other text is written as it is
+
+
 def test_ipxe_syntax_is_untouched():
     assert P.expand("${mac} {{ mac }} {{mac}} ${ {{ ip }} }", {"mac": "M", "ip": "I"}) == "${mac} M M ${ I }"
 
