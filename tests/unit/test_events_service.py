@@ -123,3 +123,56 @@ def test_a_writer_without_idle_priority_is_reported_once(tmp_path, caplog):
     caplog.clear()
     svc.apply({"priority": "idle"})
     assert "idle CPU priority" not in caplog.text
+
+
+def test_the_configured_success_stage_reaches_the_writers_tracker(tmp_path):
+    """events.success_stage: os_lease: a boot that fetched its script is still open; the OS's
+    own lease (a DHCP-server hook's event) makes it succeed."""
+    live = config.LiveConfig(config.parse(f"state: {{dir: {tmp_path}}}\nevents: {{success_stage: os_lease}}\n"))
+    reactor, bus = Reactor(), EventBus()
+    svc = es.EventsService(live, bus, reactor=reactor, clock=lambda: T0)
+    svc.startService()
+    try:
+        bus.emit(DHCP_REPLY, **dict(_reply(5, T0), firmware="ipxe", boot_file="http://x/boot.ipxe"))
+        bus.emit(HTTP_FETCH, time=T0 + 1, mac=_mac(5), client_ip="10.0.0.5", path="/boot.ipxe",
+                 fetch="script", code=200, bytes=10)
+        _settle(reactor, svc)
+        reader = Reader(svc.store.path)
+        [s] = reader.sessions()
+        assert s["state"] == "open" and s["success_stage"] == "os_lease" and s["last_stage"] == "boot_script"
+        bus.emit("lease", time=T0 + 30, source="kea", action="commit", mac=_mac(5), ip="10.0.0.5",
+                 hostname="h5", lease_time=900, uid="0123456789ab")
+        _settle(reactor, svc)
+        [s] = reader.sessions()
+        assert s["state"] == "succeeded" and s["last_stage"] == "os_lease"
+        assert s["lease"]["hostname"] == "h5" and s["lease"]["lease_time"] == 900 and s["lease"]["ip"] == "10.0.0.5"
+        reader.close()
+    finally:
+        svc.stopService()
+
+
+def test_a_bad_success_stage_is_a_config_error_naming_the_key():
+    import pytest
+    with pytest.raises(config.ConfigError, match="events.success_stage: one of pxe_discover.*got 'booted'"):
+        config.parse("events: {success_stage: booted}\n")
+
+
+def test_the_hourly_prune_deletes_what_is_older_than_the_configured_retention(tmp_path):
+    import time
+    live = config.LiveConfig(config.parse(f"state: {{dir: {tmp_path}}}\nevents: {{retention_days: 2}}\n"))
+    reactor, bus = Reactor(), EventBus()
+    svc = es.EventsService(live, bus, reactor=reactor, clock=lambda: T0)
+    svc.startService()
+    try:
+        now = time.time()
+        bus.emit("old.kind", time=now - 3 * 86400)
+        bus.emit("kept.kind", time=now - 1 * 86400)
+        _settle(reactor, svc)
+        reader = Reader(svc.store.path)
+        assert len(reader.events()) == 2
+        reactor.advance(es.PRUNE_EVERY)       # the service's retention timer
+        _settle(reactor, svc)
+        assert [e["kind"] for _, e in reader.events()] == ["kept.kind"]
+        reader.close()
+    finally:
+        svc.stopService()
