@@ -141,3 +141,40 @@ def test_mutated_real_packets_raise_only_malformed(seed, flips, cut):
 @given(st.sampled_from(SEEDS), st.binary(max_size=300))
 def test_appended_option_garbage(seed, tail):
     _never_crashes(seed[:240] + tail)
+
+
+VALUE_DECODERS = [lambda v: pxe.decode_suboptions(v, "43"), pxe.decode_ipxe_features, pxe.decode_user_classes,
+                  pxe.decode_arch_list, pxe.decode_ndi, pxe.decode_uuid, pxe.decode_boot_item]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.sampled_from(VALUE_DECODERS), st.binary(max_size=300))
+def test_option_value_decoders_raise_only_malformed(decoder, value):
+    """Each PXE/iPXE option value decoder (43, 175, 77, 93, 94, 97, 43.71) on any bytes:
+    a value, or MalformedPacket, nothing else."""
+    try:
+        decoder(value)
+    except MalformedPacket as exc:
+        assert str(exc)
+
+
+pxe_options_st = st.dictionaries(
+    st.sampled_from([opt.VENDOR_SPECIFIC, opt.MESSAGE_TYPE, opt.VENDOR_CLASS, opt.USER_CLASS, opt.CLIENT_ARCH,
+                     opt.CLIENT_NDI, opt.CLIENT_UUID, opt.IPXE_ENCAP]),
+    st.one_of(st.binary(max_size=40), st.sampled_from([b"PXEClient", b"HTTPClient:Arch:00016", b"iPXE", b"\x01",
+                                                       b"\x03", b"\x00\x07"])), max_size=8)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(pxe_options_st, st.sampled_from([PORT_DHCP, PORT_PROXY]))
+def test_any_pxe_option_values_give_a_reply_or_a_named_silence(options, port):
+    """Options that survive the packet codec but carry nonsense values: classify raises
+    MalformedPacket at most, and respond() answers a Reply or a Silence with a known reason."""
+    from proxydhcp.responder import SILENCE_REASONS, Silence
+    p = packet.Packet(op=packet.BOOTREQUEST, chaddr=bytes.fromhex("525400770002").ljust(16, b"\0"), options=options)
+    try:
+        classify(p)
+    except MalformedPacket:
+        pass
+    r = respond(p, port, IFACE, ("10.0.0.9", 68), CFG)
+    assert isinstance(r, Reply) or (isinstance(r, Silence) and r.reason in SILENCE_REASONS)
