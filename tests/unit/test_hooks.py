@@ -197,7 +197,98 @@ def test_retry_answer_spools_and_reject_does_not(tmp_path, spool):
     d.start()
     p, _ = run_hook("kea-hook", ["lease4_release"], tmp_path,
                     {"LEASE4_ADDRESS": "10.0.0.5", "LEASE4_HWADDR": "3a:f6:0c:d4:4e:26"})
-    assert "retry disk full" in p.stderr and len(list(spool.iterdir())) == 1
+    assert p.returncode == 0 and "retry disk full" in p.stderr and len(list(spool.iterdir())) == 1
+    d.sock.close()
+    os.unlink(tmp_path / "hook.sock")
+    for f in spool.iterdir():
+        f.unlink()
+    d = FakeDaemon(str(tmp_path / "hook.sock"), answer=b"reject source: one of dnsmasq, isc-dhcpd, kea")
+    d.start()
+    p, _ = run_hook("kea-hook", ["lease4_release"], tmp_path,
+                    {"LEASE4_ADDRESS": "10.0.0.5", "LEASE4_HWADDR": "3a:f6:0c:d4:4e:26"})
+    assert p.returncode == 0 and list(spool.iterdir()) == []      # never retried
+    assert f"kea-hook: the daemon rejected event {d.lines[0]['uid']}: reject source: one of" in p.stderr
+
+
+# --- the daemon's side: the socket's answers and the spool's intake ---------------------------
+class FakeStore:
+    """record_durable keeps the callback: the test decides when (and how) each commit ends."""
+
+    def __init__(self):
+        self.waiting = []
+
+    def record_durable(self, ev, done):
+        self.waiting.append((ev, done))
+
+
+class NowReactor:
+    def callFromThread(self, f, *args, **kw):
+        f(*args, **kw)
+
+
+def listener(tmp_path):
+    from proxydhcp.events import EventBus
+    bus = EventBus()
+    seen = []
+    bus.subscribe(seen.append)
+    store = FakeStore()
+    (tmp_path / "spool").mkdir(exist_ok=True)
+    lst = intake.HookListener(store, bus, NowReactor(), str(tmp_path / "hook.sock"), str(tmp_path / "spool"))
+    return lst, store, seen
+
+
+def lease_line(uid, **kw):
+    ev = dict(dict(v=1, uid=uid, kind="lease", time=1.0, source="kea", action="commit",
+                   mac="aa:bb:cc:dd:ee:ff", ip="10.0.0.1", lease_time=600), **kw)
+    return json.dumps(ev).encode()
+
+
+def test_the_socket_answers_in_order_and_ok_only_after_the_commit(tmp_path):
+    from twisted.internet.testing import StringTransport
+    from proxydhcp.events.store import DUPLICATE, FAILED, STORED
+    lst, store, seen = listener(tmp_path)
+    factory = type("F", (), {"listener": lst})()
+    conn = intake.HookConnection()
+    conn.factory = factory
+    transport = StringTransport()
+    conn.makeConnection(transport)
+    conn.dataReceived(lease_line("uid-aaaaaaaa") + b"\n" + b"{not json\n" +
+                      lease_line("uid-cccccccc", source="infoblox") + b"\n" + lease_line("uid-dddddddd") + b"\n" +
+                      lease_line("uid-eeeeeeee") + b"\n" + lease_line("uid-ffffffff") + b"\n")
+    assert transport.value() == b""            # the first event is not committed yet: nothing is said
+    assert [ev["uid"] for ev, _ in store.waiting] == ["uid-aaaaaaaa", "uid-dddddddd", "uid-eeeeeeee", "uid-ffffffff"]
+    (a, done_a), (d, done_d), (e, done_e), (f, done_f) = store.waiting
+    done_d(STORED)
+    assert transport.value() == b"" and [x["uid"] for x in seen] == ["uid-dddddddd"]
+    done_a(STORED)
+    lines = transport.value().decode().splitlines()
+    assert lines[0] == "ok" and lines[1].startswith("reject ") and lines[2].startswith("reject source:") \
+        and lines[3] == "ok" and len(lines) == 4
+    done_e(DUPLICATE)                            # socket, then spool: acknowledged, not emitted twice
+    done_f(FAILED)
+    assert transport.value().decode().splitlines()[4:] == ["ok", "retry the store could not write the event"]
+    assert [x["uid"] for x in seen] == ["uid-dddddddd", "uid-aaaaaaaa"]
+    assert seen[1]["kind"] == "lease" and seen[1]["lease_time"] == 600 and lst.accepted == 2
+
+
+def test_the_spool_is_taken_in_bad_files_are_set_aside_and_failures_kept(tmp_path):
+    from proxydhcp.events.store import FAILED, STORED
+    lst, store, seen = listener(tmp_path)
+    spool = tmp_path / "spool"
+    (spool / "1-good.json").write_bytes(lease_line("uid-11111111"))
+    (spool / "2-again.json").write_bytes(lease_line("uid-22222222"))
+    (spool / "3-bad.json").write_bytes(b"{truncated")
+    (spool / ".4-half.json.tmp").write_bytes(b"{")     # a hook still writing it
+    assert lst.intake_spool() == 2
+    assert sorted(p.name for p in spool.iterdir()) == [".4-half.json.tmp", "1-good.json", "2-again.json",
+                                                       "3-bad.json.rejected"]
+    assert lst.intake_spool() == 0                       # in flight: not taken twice
+    (good, done_good), (again, done_again) = store.waiting
+    done_good(STORED)
+    done_again(FAILED)                                   # not stored: the file stays for the next scan
+    assert sorted(p.name for p in spool.iterdir()) == [".4-half.json.tmp", "2-again.json", "3-bad.json.rejected"]
+    assert [x["uid"] for x in seen] == ["uid-11111111"]
+    assert lst.intake_spool() == 1 and store.waiting[-1][0]["uid"] == "uid-22222222"
 
 
 def test_misuse_is_reported_and_exits_zero(tmp_path, spool):
