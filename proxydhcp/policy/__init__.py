@@ -159,4 +159,11 @@ class Policy:
 
 def load(cfg) -> Policy:
     """Validate the config's profiles and groups (raises ConfigError naming the key)."""
-    return Policy(cfg.profiles, cfg.groups)
+    pol = Policy(cfg.profiles, cfg.groups)
+    if not cfg.http.root:
+        for p in pol.profiles.values():
+            for key, value in profilemod.locations(p):
+                if profilemod.is_root_path(value):
+                    raise ConfigError(f"profiles.{p.name}.{key}: {value!r} is a path under http.root, and no "
+                                      f"http.root is set: set http.root, or write a full URL")
+    return pol

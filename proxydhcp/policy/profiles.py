@@ -198,6 +198,21 @@ def template_names(p: Profile) -> set[str]:
     return {mo.group(1) for t in texts for mo in _VAR.finditer(t)}
 
 
+def locations(p: Profile) -> list[tuple[str, str]]:
+    """(key, location) of each URL-or-path a profile names."""
+    if p.kind == "kernel":
+        return [("kernel", p.spec["kernel"])] + [(f"initrd[{i}]", v) for i, v in enumerate(p.spec["initrd"])]
+    if p.kind in ("chain", "sanboot"):
+        return [(p.kind, p.spec[p.kind])]
+    return []
+
+
+def is_root_path(location: str) -> bool:
+    """A location served from http.root: no scheme, and not a template that may supply one
+    (`{{ http }}/x`)."""
+    return "://" not in location and not location.lstrip().startswith("{{")
+
+
 def expand(text: str, vars: dict, in_url: bool = False) -> str:
     """Replace each `{{ name }}`; `${...}` is iPXE's and left alone. A name the variables lack
     becomes empty (load-time validation makes sure it is at least defined somewhere)."""

@@ -176,6 +176,15 @@ def test_config_parse_validates_policy():
         config.parse("profiles: {a: {exit: true}}\ngroups: [{profile: a}, {profile: a, name: b}]")
 
 
+def test_a_path_under_http_root_needs_an_http_root():
+    with pytest.raises(ConfigError, match=r"profiles.iso.sanboot: 'isos/x.iso' is a path under http.root, and no http.root"):
+        config.parse("profiles: {iso: {sanboot: isos/x.iso}}\ngroups: [{profile: iso}]")
+    with pytest.raises(ConfigError, match=r"profiles.k.initrd\[1\]"):
+        config.parse("profiles: {k: {kernel: 'http://m/linux', initrd: ['http://m/a', b.img]}}")
+    config.parse("profiles: {iso: {sanboot: isos/x.iso}}\nhttp: {root: /srv/netboot}")
+    config.parse("profiles: {k: {kernel: 'http://m/linux', initrd: '{{ http }}/initrd'}, c: {chain: 'https://f/x'}}")
+
+
 def test_example_configs_load_and_explain():
     import glob
     import os
