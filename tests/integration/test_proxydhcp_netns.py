@@ -19,6 +19,8 @@ import tempfile
 import dpkt
 import pytest
 
+from proxydhcp.dhcp import pxe
+from tests.dhcp_clients import UUID
 from tests.netlab import Lab, have_root, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -66,6 +68,22 @@ def dhcp(reply: dict) -> dpkt.dhcp.DHCP:
 
 def opts(d: dpkt.dhcp.DHCP) -> dict:
     return {code: value for code, value in d.opts}
+
+
+SENT_UUID = pxe.encode_uuid(UUID)   # option 97 every scripted client sends
+
+
+def proxy_reply(r: dict, message: int, vendor: bytes = b"PXEClient", address: str = PROXY) -> dpkt.dhcp.DHCP:
+    """What every proxydhcp reply must be, read by dpkt: a BOOTREPLY OFFER or ACK of at least
+    300 bytes, yiaddr 0, siaddr and 54 our address, 60 the client's family, 97 echoed byte for
+    byte, no overload; returns it for the checks of its kind."""
+    d = dhcp(r)
+    o = opts(d)
+    assert len(bytes.fromhex(r["hex"])) >= 300
+    assert (d.op, d.yiaddr, o[53]) == (2, 0, bytes((message,)))
+    assert d.siaddr == int.from_bytes(socket.inet_aton(address), "big") and o[54] == socket.inet_aton(address)
+    assert o[60] == vendor and o[97] == SENT_UUID and 52 not in o
+    return d
 
 
 def from_proxy(replies, address=PROXY):
@@ -119,11 +137,9 @@ def test_legacy_bios_gets_offer_with_boot_file(lab):
     corp = [r for r in replies if r["src"] == "10.77.0.1"]
     assert corp and dhcp(corp[0]).yiaddr != 0      # the corporate address offer still arrives
     [r] = from_proxy(replies)
-    d = dhcp(r)
+    d = proxy_reply(r, 2)
     o = opts(d)
-    assert (r["sport"], d.op, d.yiaddr) == (67, 2, 0)
-    assert o[53] == b"\x02" and o[54] == socket.inet_aton(PROXY) and o[60] == b"PXEClient"
-    assert o[97][0] == 0 and len(o[97]) == 17
+    assert r["sport"] == 67
     assert d.file.rstrip(b"\x00") == b"undionly.kpxe" and d.siaddr == int.from_bytes(socket.inet_aton(PROXY), "big")
     assert o[43].startswith(b"\x06\x01\x08")
 
@@ -131,32 +147,31 @@ def test_legacy_bios_gets_offer_with_boot_file(lab):
 def test_uefi_edk2_is_redirected_then_acked_on_4011(lab):
     replies = pxe_client(lab, lab.client, "edk2", "--mac", "52:54:00:aa:00:02")
     [r] = from_proxy(replies)
-    d = dhcp(r)
-    assert d.file.rstrip(b"\x00") == b"" and 43 not in opts(d)
+    d = proxy_reply(r, 2)
+    assert r["sport"] == 67 and d.file.rstrip(b"\x00") == b"" and 43 not in opts(d)
     replies = pxe_client(lab, lab.client, "edk2", "--mac", "52:54:00:aa:00:02", "--message", "request",
                          "--to", PROXY, "--port", "4011", "--sport", "4011", "--ciaddr", "10.77.0.131")
     [r] = from_proxy(replies)
-    d = dhcp(r)
-    assert r["sport"] == 4011 and opts(d)[53] == b"\x05"
+    d = proxy_reply(r, 5)
+    assert r["sport"] == 4011 and d.sname.rstrip(b"\x00") == PROXY.encode()
     assert d.file.rstrip(b"\x00") == b"ipxe.efi" and d.ciaddr == int.from_bytes(socket.inet_aton("10.77.0.131"), "big")
 
 
 def test_ipxe_gets_script_url_on_67_and_on_4011_from_port_68(lab):
     replies = pxe_client(lab, lab.client, "ipxe", "--mac", "52:54:00:aa:00:03", "--arch", "0")
     [r] = from_proxy(replies)
-    url = dhcp(r).file.rstrip(b"\x00").decode()
+    url = proxy_reply(r, 2).file.rstrip(b"\x00").decode()
     assert url.startswith(f"http://{PROXY}:8080/boot.ipxe?mac=52:54:00:aa:00:03&arch=0")
     replies = pxe_client(lab, lab.client, "ipxe", "--mac", "52:54:00:aa:00:03", "--message", "request",
                          "--to", PROXY, "--port", "4011", "--sport", "68", "--ciaddr", "10.77.0.131")
     [r] = from_proxy(replies)
-    assert r["sport"] == 4011 and dhcp(r).file.rstrip(b"\x00").decode().startswith(f"http://{PROXY}:8080/boot.ipxe")
+    assert r["sport"] == 4011 and proxy_reply(r, 5).file.rstrip(b"\x00").decode().startswith(f"http://{PROXY}:8080/boot.ipxe")
 
 
 def test_uefi_http_client_gets_url(lab):
     replies = pxe_client(lab, lab.client, "uefi-http", "--mac", "52:54:00:aa:00:04")
     [r] = from_proxy(replies)
-    d = dhcp(r)
-    assert opts(d)[60] == b"HTTPClient"
+    d = proxy_reply(r, 2, vendor=b"HTTPClient")
     assert d.file.rstrip(b"\x00") == f"http://{PROXY}:8080/firmware/ipxe.efi".encode()
 
 
@@ -164,7 +179,7 @@ def test_relayed_request_is_answered_to_the_relay(lab):
     replies = pxe_client(lab, lab.relay, "legacy-bios", "--mac", "52:54:00:aa:00:05", "--to", PROXY,
                          "--sport", "67", "--giaddr", "10.77.0.3")
     [r] = from_proxy(replies)
-    d = dhcp(r)
+    d = proxy_reply(r, 2)
     assert r["sport"] == 67 and d.giaddr == int.from_bytes(socket.inet_aton("10.77.0.3"), "big")
     assert d.flags & 0x8000 and d.file.rstrip(b"\x00") == b"undionly.kpxe"
 
