@@ -133,3 +133,34 @@ def test_events_text_json_and_filters(db, capsys):
     assert [json.loads(line)["time"] for line in out.splitlines()] == [T0 + 1, T0 + 2]
     code, out, _ = run(capsys, "events", "--db", db, "--limit", "2")
     assert len(out.splitlines()) == 2
+
+
+def test_events_follow_streams_what_is_written_after_it_started(tmp_path):
+    """`proxydhcp events -f` prints the newest events, then each new one as it is stored."""
+    import os
+    import select
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    store = EventStore(str(tmp_path))
+    store.start()
+    try:
+        store.record({"kind": "dhcp.reply", "time": T0, "mac": OK_MAC, "n": 0})
+        assert store.flush()
+        proc = subprocess.Popen([sys.executable, "-m", "proxydhcp", "events", "-f", "--json", "--db", store.path],
+                                cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            def line():
+                ready, _, _ = select.select([proc.stdout], [], [], 20)
+                assert ready, proc.stderr.read() if proc.poll() is not None else "no line within 20 s"
+                return json.loads(proc.stdout.readline())
+            assert line()["n"] == 0                      # what was there (the newest --limit)
+            for n in (1, 2):
+                store.record({"kind": "lease", "time": T0 + n, "mac": OK_MAC, "n": n})
+                assert store.flush()
+                assert line()["n"] == n                  # and each one written since
+        finally:
+            proc.kill()                                  # ours, by its Popen
+            proc.wait()
+    finally:
+        store.stop()
