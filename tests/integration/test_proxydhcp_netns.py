@@ -235,3 +235,54 @@ def test_warns_when_another_server_sends_pxe_options(lab):
         assert wait_for(lambda: "another DHCP server (10.77.0.66)" in open(lab.log).read(), 5)
     finally:
         lab.stop(proc)
+
+
+def _second_segment(lab: Lab, proxy_ns: str, client_ns_role: str) -> str:
+    """A second segment: eth1 of proxydhcp's namespace (10.88.0.2/24) wired straight to eth0
+    of a new client namespace (10.88.0.131/24), no bridge between it and the first one."""
+    ns = lab._netns(client_ns_role)
+    subprocess.run(["ip", "link", "add", "eth1", "netns", proxy_ns, "type", "veth", "peer", "name", "eth0",
+                    "netns", ns], check=True)
+    lab.sh(proxy_ns, "ip addr add 10.88.0.2/24 dev eth1 && ip link set eth1 up")
+    lab.sh(ns, "ip link set lo up && ip addr add 10.88.0.131/24 dev eth0 && ip link set eth0 up")
+    return ns
+
+
+@pytest.mark.parametrize("interfaces,second_served", [("[]", True), ("[eth0]", False)])
+def test_each_interface_is_answered_from_itself(interfaces, second_served):
+    """Two segments on two interfaces of proxydhcp's host. With dhcp.interfaces empty (the
+    default: every non-loopback IPv4 interface) a client on each segment gets the offer from
+    that interface's own address, which can only reach it through that interface, and the 4011
+    ACK likewise; with dhcp.interfaces [eth0] the second segment gets no word."""
+    workdir = tempfile.mkdtemp(prefix="proxydhcp-it-")
+    try:
+        with Lab() as lab:
+            pxe_ns = lab.host("pxe", f"{PROXY}/24")
+            client = lab.host("client", "10.77.0.131/24")
+            other = _second_segment(lab, pxe_ns, "seg2")
+            cfg = os.path.join(workdir, "proxydhcp.yaml")
+            with open(cfg, "w") as fh:
+                fh.write((CONFIG % os.path.join(workdir, "state")).replace("[eth0]", interfaces))
+            log = os.path.join(workdir, "proxydhcp.log")
+            proc = lab.spawn(pxe_ns, PY, "-m", "proxydhcp", "serve", "-c", cfg, stdout=open(log, "w"),
+                             stderr=subprocess.STDOUT, cwd=ROOT)
+            wanted = ["listening on eth0"] + (["listening on eth1"] if second_served else [])
+            assert wait_for(lambda: all(w in open(log).read() for w in wanted) or proc.poll() is not None, 15), \
+                open(log).read()
+            assert proc.poll() is None, open(log).read()
+            [r] = from_proxy(pxe_client(lab, client, "legacy-bios", "--mac", "52:54:00:cc:00:01"))
+            proxy_reply(r, 2)
+            replies = pxe_client(lab, other, "edk2", "--mac", "52:54:00:cc:00:02")
+            ack = pxe_client(lab, other, "edk2", "--mac", "52:54:00:cc:00:02", "--message", "request", "--to",
+                             "10.88.0.2", "--port", "4011", "--sport", "4011", "--ciaddr", "10.88.0.131")
+            if second_served:
+                [r] = from_proxy(replies, "10.88.0.2")
+                assert r["sport"] == 67 and proxy_reply(r, 2, address="10.88.0.2").file.rstrip(b"\0") == b""
+                [r] = from_proxy(ack, "10.88.0.2")
+                assert proxy_reply(r, 5, address="10.88.0.2").file.rstrip(b"\0") == b"ipxe.efi"
+            else:
+                assert replies == [] and ack == []
+                assert "listening on eth1" not in open(log).read()
+            assert proc.poll() is None
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
