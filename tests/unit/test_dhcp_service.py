@@ -104,3 +104,19 @@ def test_another_servers_pxe_offer_is_noticed_once(caplog):
     assert metrics.REGISTRY.get_sample_value("proxydhcp_foreign_pxe_replies_total") == before + 3
     warnings = [r for r in caplog.records if "another DHCP server (10.77.0.9)" in r.getMessage()]
     assert len(warnings) == 1
+
+
+def test_which_interfaces_are_served():
+    """dhcp.interfaces empty: every interface read_interfaces finds up (it leaves loopback
+    out); a list: only those. Names that do not exist here: no listener opens, the choice
+    is still recorded."""
+    from proxydhcp.net.interfaces import InterfaceAddress, read_interfaces
+    assert "lo" not in read_interfaces()
+    found = {"pdnone0": InterfaceAddress("pdnone0", 9990, "10.66.0.2", 24, 1500, True),
+             "pdnone1": InterfaceAddress("pdnone1", 9991, "10.67.0.2", 24, 1500, True),
+             "pdnone2": InterfaceAddress("pdnone2", 9992, "10.68.0.2", 24, 1500, False)}   # down
+    for text, served in (("", {"pdnone0", "pdnone1"}), ("interfaces: [pdnone1, pdnone2]", {"pdnone1"})):
+        svc = DHCPService(config.LiveConfig(config.parse(text)), EventBus(), interfaces=lambda: dict(found))
+        svc.refresh()
+        assert set(svc.interfaces) == served
+        assert (svc.served_interface(9990, None) is None) == ("pdnone0" not in served)   # 4011 follows suit
