@@ -224,6 +224,36 @@ def test_isc_dhcpd_execute_commit_and_release(env):
         lab.stop(server)
 
 
+@pytest.mark.skipif(not shutil.which("dhcpd"), reason="needs isc-dhcp-server")
+def test_isc_dhcpd_expiry_names_the_mac_saved_at_commit(env):
+    """on expiry has no packet in scope: the snippet's MAC is the one saved with the lease at
+    commit (set pd_mac). A client that leaves without a release; its 5 s lease expires."""
+    lab = env
+    ns = lab.host("isc2", "10.79.0.5/24")
+    conf = os.path.join(lab.work, "dhcpd-expiry.conf")
+    with open(conf, "w") as fh:
+        fh.write(ISC_CONF.replace("600", "5").replace("160 10.79.0.180", "181 10.79.0.190") %
+                 {"snippet": contrib(lab, "isc-dhcpd/proxydhcp-hook.conf")} + "min-lease-time 5;\n")
+    leases = os.path.join(lab.work, "dhcpd-expiry.leases")
+    open(leases, "w").close()
+    server = lab.spawn(ns, "env", *(f"{k}={v}" for k, v in lab.hook_env.items()),
+                       "dhcpd", "-f", "-d", "-4", "-cf", conf, "-lf", leases,
+                       "-pf", os.path.join(lab.work, "dhcpd-expiry.pid"), "eth0")
+    try:
+        assert wait_for(lambda: "Sending on" in lab.output(server) or server.poll() is not None, 10)
+        assert server.poll() is None, lab.output(server)
+        cns, mac = client(lab, "c4")
+        ip = udhcpc(lab, cns, "-x hostname:gone1")       # -q: it quits with its lease, no release
+        evs = wait_for(lambda: "expire" in str(lease_events(lab, mac, "isc-dhcpd")) and lease_events(lab, mac, "isc-dhcpd"), 30)
+        assert evs, (lab.output(server), lease_events(lab, mac, "isc-dhcpd"))
+        assert evs[0]["action"] == "commit" and evs[0]["lease_time"] == 5
+        expire = evs[-1]
+        assert expire["action"] == "expire" and expire["mac"] == mac and expire["ip"] == ip
+        assert expire["server_action"] == "expiry"
+    finally:
+        lab.stop(server)
+
+
 @pytest.mark.skipif(not shutil.which("kea-dhcp4") or not os.path.exists(KEA_RUN_SCRIPT),
                     reason="needs kea-dhcp4-server (libdhcp_run_script.so)")
 def test_kea_run_script_committed_and_release(env):
