@@ -136,3 +136,17 @@ def test_console_script_and_build_system():
     setup = configparser.ConfigParser()
     setup.read(os.path.join(ROOT, "setup.cfg"))
     assert "proxydhcp = proxydhcp.cli:main" in setup["options.entry_points"]["console_scripts"]
+
+
+def test_ci_runs_the_readme_test_command():
+    """.ci/run (executable) runs `make test`, the command the README gives, whose recipe is pytest
+    over tests/."""
+    ci = os.path.join(ROOT, ".ci", "run")
+    assert os.access(ci, os.X_OK)
+    commands = [line.strip() for line in open(ci) if line.strip() and not line.startswith("#")]
+    assert commands[-1] == "make test"
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    assert "make test " in readme and "make demo " in readme
+    makefile = open(os.path.join(ROOT, "Makefile")).read()
+    recipe = makefile.split("\ntest:", 1)[1].split("\n\n", 1)[0]
+    assert "-m pytest" in recipe and " tests" in recipe
