@@ -181,6 +181,28 @@ def test_dnsmasq_leases_and_its_tftp_join_the_boot_session(env):
         lab.stop(server)
 
 
+def test_dnsmasq_renew_and_release_from_a_real_client(env):
+    """A real client's renew (SIGUSR1) and release (SIGUSR2): dnsmasq's old and del."""
+    lab = env
+    ns = lab.host("dnsmasq2", "10.79.0.6/24")
+    server = lab.spawn(ns, "env", *(f"{k}={v}" for k, v in lab.hook_env.items()),
+                       "dnsmasq", "--no-daemon", f"--conf-file={contrib(lab, 'dnsmasq/proxydhcp-hook.conf')}",
+                       "--port=0", "--user=root", "--dhcp-range=10.79.0.151,10.79.0.159,255.255.255.0,1h",
+                       "--no-ping", f"--dhcp-leasefile={lab.work}/dnsmasq2.leases", "--log-dhcp",
+                       f"--pid-file={lab.work}/dnsmasq2.pid")
+    try:
+        cns, mac = client(lab, "c5")
+        ip = udhcpc_cycle(lab, cns, "cycle1")
+        evs = wait_for(lambda: "release" in str(lease_events(lab, mac, "dnsmasq")) and lease_events(lab, mac, "dnsmasq"), 10)
+        assert evs, (lab.output(server), lab.last_udhcpc, lease_events(lab, mac, "dnsmasq"))
+        assert evs[0]["action"] == "commit" and evs[-1]["action"] == "release"
+        assert {e["ip"] for e in evs} == {ip}
+        assert {(e["action"], e["server_action"]) for e in evs} >= {("commit", "add"), ("renew", "old"),
+                                                                    ("release", "del")}, evs
+    finally:
+        lab.stop(server)
+
+
 ISC_CONF = """
 ddns-update-style none;
 default-lease-time 600;
