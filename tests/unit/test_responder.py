@@ -105,6 +105,13 @@ def test_ipxe_recognised_by_user_class_in_both_forms(uc):
     assert answer(req).client.firmware == "ipxe"
 
 
+def test_ipxe_recognised_by_option_175_alone():
+    req = request("ipxe")
+    del req.options[opt.USER_CLASS]
+    c = answer(req).client
+    assert c.firmware == "ipxe" and c.user_classes == () and c.ipxe_features["http"] == 1
+
+
 def test_custom_user_class_marks_our_ipxe():
     req = request("ipxe", user_class=b"mybuild")
     del req.options[opt.IPXE_ENCAP]
