@@ -184,7 +184,7 @@ def test_dnsmasq_leases_and_its_tftp_join_the_boot_session(env):
 def test_dnsmasq_renew_and_release_from_a_real_client(env):
     """A real client's renew (SIGUSR1) and release (SIGUSR2): dnsmasq's old and del."""
     lab = env
-    ns = lab.host("dnsmasq2", "10.79.0.6/24")
+    ns = lab.host("dnsm2", "10.79.0.6/24")   # veth peer names are cut at 15 characters
     server = lab.spawn(ns, "env", *(f"{k}={v}" for k, v in lab.hook_env.items()),
                        "dnsmasq", "--no-daemon", f"--conf-file={contrib(lab, 'dnsmasq/proxydhcp-hook.conf')}",
                        "--port=0", "--user=root", "--dhcp-range=10.79.0.151,10.79.0.159,255.255.255.0,1h",
