@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except config.ConfigError as exc:
-        print(f"proxydhcp: config error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"proxydhcp: config error: {' '.join(exc.located().split())}", file=sys.stderr)
         return 2
 
 

@@ -21,7 +21,14 @@ from proxydhcp import arch
 
 
 class ConfigError(Exception):
-    """The configuration cannot be used; the message names the key and what to do."""
+    """The configuration cannot be used; the message names the key and what to do. When
+    the key is in the operator's file, `source` and `line` say where (see `located`)."""
+    source: str | None = None
+    line: int | None = None
+
+    def located(self) -> str:
+        """The message with the file and line of the key in front, when known."""
+        return f"{self.source}, line {self.line}: {self}" if self.line else str(self)
 
 
 @dataclass
@@ -359,10 +366,8 @@ def parse(text: str | None, source: str = "<config>") -> Config:
         try:
             return _build(raw, source)
         except ConfigError as exc:
-            line = _line_of(str(exc), lines)
-            if line is None:
-                raise
-            raise ConfigError(f"{source}, line {line}: {exc}") from None
+            exc.source, exc.line = source, _line_of(str(exc), lines)
+            raise
     return _build(raw, source)
 
 

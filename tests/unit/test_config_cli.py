@@ -112,8 +112,17 @@ def test_every_subcommand_has_help():
 def test_errors_name_the_key_and_its_line(text, line, key):
     with pytest.raises(ConfigError) as e:
         config.parse(text, "site.yaml")
-    message = str(e.value)
+    message = e.value.located()      # what `check` and `serve` print
     assert message.startswith(f"site.yaml, line {line}: ") and key in message, message
+    assert key in str(e.value)        # the message itself (a reload's log line) names the key
+
+
+def test_check_prints_the_file_line_of_the_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("log:\n  level: info\n  format: xml\n")
+    out = run("check", "-c", str(path))
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr == f"proxydhcp: config error: {path}, line 3: log.format: must be text or json, got 'xml'\n"
 
 
 def test_shorthand_and_section_both_given_is_an_error():
