@@ -281,7 +281,11 @@ class FirmwareLab:
 
     # -- booting ----------------------------------------------------------------------------
     def boot(self, kind: str, mac: str, label: str | None = None, bridge: str = "br0",
-             uuid: str | None = None, timeout: float = BOOT_TIMEOUT) -> Boot:
+             uuid: str | None = None, timeout: float = BOOT_TIMEOUT,
+             until: re.Pattern = MARKER_RE, ends_itself: bool = True) -> Boot:
+        """Boot a VM until `until` shows on its serial console (by default the marker that
+        the boot script prints with ${ip} and ${mac}). ends_itself: the VM resets after the
+        marker (-no-reboot then ends QEMU), so give it a moment; else stop it at once."""
         label = label or kind
         fname = re.sub(r"[^A-Za-z0-9_.-]", "-", label)
         br = self.lab.bridge_ns
@@ -312,16 +316,17 @@ class FirmwareLab:
         ip = vmac = None
         deadline = started + timeout
         while time.time() < deadline:
-            m = MARKER_RE.search(_read(serial))
+            m = until.search(_read(serial))
             if m:
                 marker_after = time.time() - started
-                ip, vmac = m.group(1), m.group(2)
+                if until is MARKER_RE:
+                    ip, vmac = m.group(1), m.group(2)
                 break
             if vm.poll() is not None:
                 break
             time.sleep(0.1)
         try:   # the script reboots: -no-reboot ends QEMU
-            vm.wait(15 if marker_after is not None else 0.1)
+            vm.wait(15 if marker_after is not None and ends_itself else 0.1)
         except subprocess.TimeoutExpired:
             pass
         self.lab.stop(vm)
