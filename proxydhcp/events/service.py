@@ -115,7 +115,8 @@ class EventsService(UsesReactor, Service):
 
     # --- the bus observer (hot path) ---------------------------------------------------
     def observe(self, event: dict) -> None:
-        self.store.record(event)              # the writer's tracker sees it too
+        if "uid" not in event:                # a hook's event is stored (and tracked) already
+            self.store.record(event)          # the writer's tracker sees it too
         if self.user_hooks is not None:
             self.user_hooks.on_event(event)   # lease events; only queues
 

@@ -153,12 +153,26 @@ class Work:
         self.hooks: frozenset = frozenset()     # hook events the daemon wants payloads for
         self.restored = restore(conn, tracker) if tracker is not None else 0
 
+    def fresh(self, event: dict, seen: set) -> bool:
+        """Whether the tracker has not had this event yet. A hook's event (it has a uid) comes
+        here more than once: stored for the hook, then again from the daemon's bus observer
+        once committed, and once more when a hook spooled what was also stored. The tracker
+        takes it once (else a dnsmasq TFTP transfer counted double: a chainload loop)."""
+        uid = event.get("uid")
+        if uid is None:
+            return True
+        if uid in seen:
+            return False
+        seen.add(uid)
+        return self.conn.execute("SELECT 1 FROM events WHERE uid = ?", (uid,)).fetchone() is None
+
     def batch(self, batch: list) -> tuple:
         updates: list = []
         tracker = self.tracker
+        seen: set = set()
         for kind, payload, _token in batch:
             if kind == store.EVENT:
-                if tracker is not None:
+                if tracker is not None and self.fresh(payload, seen):
                     updates += tracker.feed(payload)
             elif kind == store.TICK:
                 if tracker is not None:

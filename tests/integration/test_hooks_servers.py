@@ -176,7 +176,8 @@ def test_dnsmasq_leases_and_its_tftp_join_the_boot_session(env):
         assert s["lease"]["ip"] == ip and s["lease"]["source"] == "dnsmasq" and s["arch_label"] == "bios"
         text = sessions_cli(lab, "--mac", mac)
         assert "firmware_transfer" in text and f"lease: {ip} (pxe1) via dnsmasq" in text
-        assert "tftp" in text and "undionly.kpxe: firmware transferred" in text
+        assert "tftp" in text and "undionly.kpxe: firmware transferred (1x)" in text   # each hook event once
+        assert s["counts"]["firmware_ok"] == 1 and s["counts"]["leases"] == 1, s["counts"]
     finally:
         lab.stop(server)
 

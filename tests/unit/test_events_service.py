@@ -140,8 +140,8 @@ def test_the_configured_success_stage_reaches_the_writers_tracker(tmp_path):
         reader = Reader(svc.store.path)
         [s] = reader.sessions()
         assert s["state"] == "open" and s["success_stage"] == "os_lease" and s["last_stage"] == "boot_script"
-        bus.emit("lease", time=T0 + 30, source="kea", action="commit", mac=_mac(5), ip="10.0.0.5",
-                 hostname="h5", lease_time=900, uid="0123456789ab")
+        svc.hooks.accept({"kind": "lease", "time": T0 + 30, "source": "kea", "action": "commit", "mac": _mac(5),
+                          "ip": "10.0.0.5", "hostname": "h5", "lease_time": 900, "uid": "0123456789ab"})
         _settle(reactor, svc)
         [s] = reader.sessions()
         assert s["state"] == "succeeded" and s["last_stage"] == "os_lease"
@@ -173,6 +173,43 @@ def test_the_hourly_prune_deletes_what_is_older_than_the_configured_retention(tm
         reactor.advance(es.PRUNE_EVERY)       # the service's retention timer
         _settle(reactor, svc)
         assert [e["kind"] for _, e in reader.events()] == ["kept.kind"]
+        reader.close()
+    finally:
+        svc.stopService()
+
+
+def test_a_hook_event_joins_its_session_once(tmp_path):
+    """The hook listener stores a hook's event durably (the writer's tracker sees it then) and,
+    once committed, emits it on the bus, whose observer queues it for the store again (kept
+    once by its uid): the tracker must not take it twice. Twice, a dnsmasq TFTP transfer of
+    the firmware counted double and two boots' worth made a chainload loop."""
+    live = config.LiveConfig(config.parse(f"state: {{dir: {tmp_path}}}\n"))
+    reactor, bus = Reactor(), EventBus()
+    svc = es.EventsService(live, bus, reactor=reactor, clock=lambda: T0)
+    svc.startService()
+    try:
+        mac, ip = _mac(7), "10.0.0.7"
+        bus.emit(DHCP_REPLY, **dict(_reply(7, T0), boot_file="undionly.kpxe", arch=0))
+        _settle(reactor, svc)
+        results = []
+        for i, ev in enumerate(({"kind": "lease", "time": T0 + 1, "source": "dnsmasq", "action": "commit",
+                                 "mac": mac, "ip": ip, "uid": "lease-uid-0001"},
+                                {"kind": "tftp.transfer", "time": T0 + 2, "source": "dnsmasq", "action": "tftp",
+                                 "client_ip": ip, "file": "/srv/tftp/undionly.kpxe", "size": 70000,
+                                 "outcome": "ok", "uid": "tftp-uid-0001"})):
+            svc.hooks.accept(ev, results.append)
+            _settle(reactor, svc)       # the commit: "ok" to the hook, the event on the bus ...
+            _settle(reactor, svc)       # ... and the bus observer's copy written
+        svc.hooks.accept(dict(ev), results.append)   # the same transfer again (socket, then spool)
+        _settle(reactor, svc)
+        _settle(reactor, svc)
+        assert results == ["stored", "stored", "duplicate"]
+        reader = Reader(svc.store.path)
+        [s] = reader.sessions()
+        assert s["counts"]["leases"] == 1 and s["counts"]["firmware_ok"] == 1, s["counts"]
+        assert [e["kind"] for e in s["timeline"]] == ["dhcp.reply", "lease", "tftp.transfer"]
+        assert s["state"] == "open" and "firmware_transfer" in s["stages"]
+        assert len(reader.events()) == 3
         reader.close()
     finally:
         svc.stopService()
