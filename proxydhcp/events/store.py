@@ -134,7 +134,8 @@ STORED, DUPLICATE, FAILED = "stored", "duplicate", "failed"
 EVENT, SESSION, PRUNE, CALL, USER, STOP = "event", "session", "prune", "call", "user", "stop"
 TICK, HOOKS = "tick", "hooks"     # for the writer's session tracker: the daemon's clock, hook events wanted
 _FRAME = struct.Struct("!I")
-COALESCE = 0.01     # seconds the pump waits after a wake-up, so that a burst leaves as one batch
+COALESCE = 0.01     # seconds the pump waits after a wake-up, so that a burst leaves as one batch;
+                    # an item somebody waits for (a hook's event, a flush, a stop) ends the wait
 
 
 def write_batch(conn: sqlite3.Connection, batch: list) -> tuple[int, str | None, list]:
@@ -250,6 +251,7 @@ class EventStore:
         self.max_queue = max_queue
         self._items: collections.deque = collections.deque()
         self._wake = threading.Event()
+        self._urgent = threading.Event()   # an item somebody waits for is queued: no coalescing
         self._proc: subprocess.Popen | None = None
         self._pump_thread: threading.Thread | None = None
         self._results_thread: threading.Thread | None = None
@@ -315,6 +317,7 @@ class EventStore:
         """Write what is queued, then stop the threads and the writer process."""
         if self._pump_thread is not None:
             self._push((STOP, None, None))
+            self._urgent.set()
             self._pump_thread.join(timeout)
             self._pump_thread = None
         proc, self._proc = self._proc, None
@@ -357,6 +360,8 @@ class EventStore:
             token = next(self._tokens)
             self._callbacks[token] = callback
         self._push((kind, payload, token))
+        if token is not None:
+            self._urgent.set()   # a DHCP-server hook waits for this commit (and spools at 80 ms)
         return True
 
     def record(self, event: dict) -> None:
@@ -395,6 +400,7 @@ class EventStore:
         token = next(self._tokens)
         self._callbacks[token] = lambda _: done.set()
         self._push((CALL, None, token))
+        self._urgent.set()
         return done.wait(timeout)
 
     # --- the pump thread: batches to the writer ----------------------------------------
@@ -405,7 +411,8 @@ class EventStore:
             if not items:
                 self._wake.wait()
             self._wake.clear()     # before draining: an append after this sets it again
-            time.sleep(COALESCE)
+            self._urgent.wait(COALESCE)   # a burst gathers into one batch, unless somebody waits
+            self._urgent.clear()
             while items:
                 batch = []
                 while items and len(batch) < self.max_batch:

@@ -163,3 +163,27 @@ def test_the_writer_runs_at_idle_priority(tmp_path):
         assert os.sched_getscheduler(s.writer_pid) == os.SCHED_IDLE
     finally:
         s.stop()
+
+
+
+def test_a_hooks_event_ends_the_pumps_wait_for_a_burst(tmp_path, monkeypatch):
+    """After a wake-up the pump waits COALESCE for more events, so that a burst leaves as one
+    batch. A DHCP-server hook waits for its event's commit (and spools after 80 ms): its
+    event ends that wait, and takes what gathered so far along. So does a stop."""
+    monkeypatch.setattr(st, "COALESCE", 3600.0)      # a wait nothing else would end in time
+    s = st.EventStore(str(tmp_path / "state"))
+    s.start()
+    stopped = False
+    try:
+        s.record({"kind": "dhcp.reply", "time": 1.0})
+        done = threading.Event()
+        s.record_durable({"kind": "lease", "time": 2.0, "uid": "u-durable1"}, lambda r: done.set())
+        assert done.wait(20)
+        assert s.written == 2                           # the plain event went in the same batch
+        s.record({"kind": "dhcp.reply", "time": 3.0})   # the pump waits for more ...
+        s.stop(timeout=20)                              # ... and the stop ends the wait, then writes it
+        stopped = True
+        assert [e["time"] for _, e in st.Reader(s.path).events()] == [1.0, 2.0, 3.0]
+    finally:
+        if not stopped:
+            s.stop()
