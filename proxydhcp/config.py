@@ -482,6 +482,25 @@ def boot_file_name(value: str, tftp_root: str) -> str:
     return boot_file(value, tftp_root)[0]
 
 
+# iPXE expands settings in the boot file name it is given (and in every script line), so the
+# script URL asks iPXE itself for the address of the interface it is booting from. Behind NAT
+# or an HTTP proxy that is the machine's address, not the connection's; an iPXE that does not
+# expand it sends it as is, and the HTTP service then uses the connection's address.
+IPXE_OWN_IP = "${netX/ip}"
+
+
+def script_url(server: str, http_port: int, script_path: str, mac: str, arch: int | None,
+               uuid: str | None) -> str:
+    """The URL of a machine's boot script: the ProxyDHCP hands it to iPXE, and the built-in
+    menu's "ask again" chains to it."""
+    url = f"http://{server}:{http_port}{script_path}?mac={mac}"
+    if arch is not None:
+        url += f"&arch={arch}"
+    if uuid:
+        url += f"&uuid={uuid}"
+    return url + f"&ip={IPXE_OWN_IP}"
+
+
 class LiveConfig:
     """The running configuration. Services read `current` on each request, so a reload
     takes effect without a restart; `reload()` validates a new file first and keeps the old

@@ -17,6 +17,7 @@ from urllib.parse import quote
 from proxydhcp import client as clientmod
 from proxydhcp.client import Client
 from proxydhcp.config import Config, boot_file_name
+from proxydhcp.config import script_url as config_script_url
 from proxydhcp.dhcp import options as opt
 from proxydhcp.dhcp import pxe
 from proxydhcp.dhcp.packet import BOOTREPLY, BOOTREQUEST, BROADCAST_FLAG, MalformedPacket, Packet
@@ -113,12 +114,7 @@ def server_address(iface: Interface, cfg: Config) -> str:
 
 
 def script_url(c: Client, server: str, cfg: Config) -> str:
-    url = f"http://{server}:{cfg.http.port}{cfg.boot.script_path}?mac={c.mac}"
-    if c.arch_code is not None:
-        url += f"&arch={c.arch_code}"
-    if c.uuid:
-        url += f"&uuid={c.uuid}"
-    return url
+    return config_script_url(server, cfg.http.port, cfg.boot.script_path, c.mac, c.arch_code, c.uuid)
 
 
 def firmware_url(name: str, server: str, cfg: Config) -> str:

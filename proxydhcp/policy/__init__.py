@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from proxydhcp import arch as archtable
 from proxydhcp.config import ConfigError
+from proxydhcp.config import script_url as config_script_url
 from proxydhcp.policy import groups as groupmod
 from proxydhcp.policy import profiles as profilemod
 from proxydhcp.policy.groups import SELECTORS, Group, Machine, normalise_mac, normalise_uuid  # noqa: F401
@@ -107,11 +108,7 @@ class Policy:
         caller (see proxydhcp.web.server.machine_from)."""
         a = archtable.lookup(m.arch)
         base = f"http://{server}:{http_port}"
-        script_url = f"{base}{script_path}?mac={m.mac}"
-        if m.arch is not None:
-            script_url += f"&arch={m.arch}"
-        if m.uuid:
-            script_url += f"&uuid={m.uuid}"
+        script_url = config_script_url(server, http_port, script_path, m.mac, m.arch, m.uuid)
         out = {"mac": m.mac, "mac_hyphen": m.mac.replace(":", "-"), "ip": m.ip or "", "uuid": m.uuid or "",
                "arch": "" if m.arch is None else str(m.arch), "arch_name": a.name if a else "",
                "firmware": m.firmware or "", "interface": m.interface or "", "hostname": m.hostname or "",

@@ -1,7 +1,7 @@
 """The HTTP service (twisted.web): per-machine iPXE scripts, firmware for UEFI HTTP boot,
 static files with Range, /metrics and /healthz.
 
-  <boot.script_path>?mac=..&arch=..&uuid=..[&ip=..&hostname=..]   the script iPXE is told to fetch
+  <boot.script_path>?mac=..&arch=..&uuid=..&ip=..[&hostname=..]   the script iPXE is told to fetch
   /firmware/<name>     the boot files named in boot.firmware only (their symlinks followed)
   /metrics /healthz    Prometheus exposition of proxydhcp.metrics.REGISTRY; liveness
   /<path>              files under http.root (Range, HEAD), never outside it, no listings

@@ -703,6 +703,9 @@ def check_boot(boot: Boot, cap: Capture, *, corp: str = CORP, proxy: str = PROXY
         problems.append("no HTTP GET /boot.ipxe from the client to proxydhcp in the capture")
     elif not any(h.status and " 200" in h.status for h in http):
         problems.append(f"boot script request not answered 200: {[(h.line, h.status) for h in http]}")
+    elif boot.ip and not any(f"&ip={boot.ip} " in h.line for h in http):
+        # the script URL asks iPXE for ${netX/ip}: iPXE expands it in the boot file name
+        problems.append(f"iPXE did not send its address ({boot.ip}) in the script URL: {[h.line for h in http]}")
     if boot.kind == "uefi":
         first = next((p for p in pkts if p.op == 1), None)
         if first is None or first.is_ipxe or first.arch != 7:

@@ -129,6 +129,9 @@ def test_the_script_url_carries_mac_uuid_arch_and_ip(server):
     assert code == 200 and f"echo who 52:54:00:ee:00:01 uuid {uuid} arch 0 ip 127.0.0.1\n" in text  # ip: the peer
     code, body, _ = get(server, f"/boot.ipxe?mac=52:54:00:ee:00:01&arch=0&uuid={uuid}&ip=10.9.0.44")
     assert code == 200 and f"uuid {uuid} arch 0 ip 10.9.0.44\n" in body.decode()  # ip: as iPXE's ${ip} says
+    # an iPXE that did not expand the URL's ${netX/ip} sends it as is: the peer's address stands
+    code, body, _ = get(server, f"/boot.ipxe?mac=52:54:00:ee:00:01&arch=0&uuid={uuid}&ip=%24%7BnetX/ip%7D")
+    assert code == 200 and f"uuid {uuid} arch 0 ip 127.0.0.1\n" in body.decode()
     assert "# proxydhcp: profile local" in ipxe_fetch(server, "52:54:00:ee:00:01", 7, uuid)[1]  # arch 7: not by-uuid
 
 

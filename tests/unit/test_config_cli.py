@@ -74,7 +74,7 @@ def test_explain_on_the_issue_example(example):
               "--vendor-class", "PXEClient:Arch:00000:UNDI:002001", "--server", "10.0.0.5")
     assert out.returncode == 0, out.stderr
     assert ("dhcp 67: OFFER (yiaddr 0.0.0.0, 60 PXEClient): boot file "
-            "http://10.0.0.5:8080/boot.ipxe?mac=52:54:00:12:34:56&arch=0 (ipxe, arch bios)") in out.stdout
+            "http://10.0.0.5:8080/boot.ipxe?mac=52:54:00:12:34:56&arch=0&ip=${netX/ip} (ipxe, arch bios)") in out.stdout
     out = run("explain", "-c", example, "--mac", "52:54:00:12:34:56", "--vendor-class", "udhcp 1.35.0")
     assert "dhcp 67: no reply (not_pxe:" in out.stdout and "dhcp 4011" not in out.stdout
 

@@ -117,7 +117,7 @@ def test_builtin_menu_shows_identity_rule_and_choices():
     for item in ("proxydhcp-local", "proxydhcp-shell", "proxydhcp-retry"):
         assert f"{item} (" in text and f":{item}\n" in text
     assert ("chain --replace http://10.0.0.2:8080/boot.ipxe?mac=52:54:00:00:00:01&arch=7"
-            "&uuid=6e65746c-6162-4000-8000-000000000002") in text
+            "&uuid=6e65746c-6162-4000-8000-000000000002&ip=${netX/ip}") in text
     labels, targets, items = labels_and_gotos(text)
     assert targets <= labels and items <= labels
 

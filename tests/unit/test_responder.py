@@ -93,7 +93,7 @@ def test_ipxe_gets_script_url_not_firmware():
     req = request("ipxe")
     r = answer(req)
     common_checks(r, req)
-    assert r.wire.file == f"http://10.77.0.2:8080/boot.ipxe?mac=52:54:00:77:00:02&arch=7&uuid={UUID}".encode()
+    assert r.wire.file == f"http://10.77.0.2:8080/boot.ipxe?mac=52:54:00:77:00:02&arch=7&uuid={UUID}&ip=${{netX/ip}}".encode()
     sub = pxe.decode_suboptions(r.wire.options[opt.VENDOR_SPECIFIC], "43")
     assert opt.PXE_BOOT_MENU not in sub     # iPXE has no PXE menu boot
 
