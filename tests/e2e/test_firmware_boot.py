@@ -48,6 +48,10 @@ def _boot_and_check(lab, record_property, kind, mac, label, *, bridge="br0", rel
     problems = fl.check_boot(boot, cap, corp=lab.corp_ip, relay=relay)
     problems += fl.check_proxy_discipline(cap, corp=lab.corp_ip, plain_macs=lab.plain_macs)
     assert not problems, _report(lab, boot, cap, problems)
+    # proxydhcp's own account agrees: a succeeded session (the store writes in batches)
+    text = fl.wait_for(lambda: (lambda s: s if " succeeded " in s else None)(lab.sessions(mac)), 10) \
+        or lab.sessions(mac)
+    assert " succeeded " in text and "boot_script" in text, text
     return boot, cap
 
 
