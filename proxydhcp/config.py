@@ -262,6 +262,14 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"log.level: must be debug, info, warning or error, got {cfg.log.level!r}")
     if cfg.tftp.max_transfers < 1 or cfg.tftp.max_transfers_per_client < 1:
         raise ConfigError("tftp.max_transfers and tftp.max_transfers_per_client must be at least 1")
+    if not 0 < cfg.tftp.transfer_timeout <= 86400:
+        raise ConfigError(f"tftp.transfer_timeout: seconds a transfer may last, more than 0 and at most 86400, "
+                          f"got {cfg.tftp.transfer_timeout}")
+    if not 0 < cfg.tftp.retransmit_timeout <= 255:
+        raise ConfigError(f"tftp.retransmit_timeout: seconds before a block is sent again, more than 0 and at "
+                          f"most 255 (RFC 2349), got {cfg.tftp.retransmit_timeout}")
+    if not 0 <= cfg.tftp.max_retries <= 100:
+        raise ConfigError(f"tftp.max_retries: 0-100, got {cfg.tftp.max_retries}")
     if not 0 <= cfg.run.stop_grace <= 3600:
         raise ConfigError(f"run.stop_grace: seconds, 0-3600, got {cfg.run.stop_grace}")
     if cfg.run.user is not None and not cfg.run.user:

@@ -108,6 +108,9 @@ def test_every_subcommand_has_help():
     ("firmware:\n  bios: undionly.kpxe\n  efi-z80: z.efi\n", 3, "boot.firmware.efi-z80: unknown firmware key"),
     ("log: {level: info}\nfirmwares: {}\n", 2, "unknown section(s) firmwares"),
     ("groups:\n  - profile: nowhere\n", 2, "groups[0]"),
+    ("tftp:\n  port: 69\n  transfer_timeout: 0\n", 3, "tftp.transfer_timeout: seconds a transfer may last"),
+    ("tftp:\n  retransmit_timeout: -1\n", 2, "tftp.retransmit_timeout: seconds before a block is sent again"),
+    ("tftp:\n  max_retries: -1\n", 2, "tftp.max_retries: 0-100"),
 ])
 def test_errors_name_the_key_and_its_line(text, line, key):
     with pytest.raises(ConfigError) as e:
