@@ -130,14 +130,18 @@ def _mac_q(mac: str) -> str:
     return f"(?:{re.escape(mac)}|{re.escape(mac.replace(':', '%3A'))})"
 
 
-def test_menu_then_kernel_with_initrd_and_command_line(lab, record_property):
-    boot = lab.boot("bios", WALK_MAC, label="kinds/menu-kernel")
-    record_property("boot_seconds_kinds_menu_kernel", boot.marker_after)
+def _boot(lab, record_property, mac: str, label: str):
+    """Boot a BIOS VM until the marker; what it printed, its HTTP requests and a report."""
+    boot = lab.boot("bios", mac, label=label)
+    record_property(f"boot_seconds_{label}", boot.marker_after)
     cap = lab.capture()
-    serial = fl._plain(boot.serial)
-    ip = _client_ip(cap, WALK_MAC, boot.started)
+    ip = _client_ip(cap, mac, boot.started)
     gets = _gets(cap, ip, boot.started) if ip else []
-    report = _report(boot, gets, ip, lab)
+    return boot, cap, fl._plain(boot.serial), gets, _report(boot, gets, ip, lab)
+
+
+def test_menu_then_kernel_with_initrd_and_command_line(lab, record_property):
+    boot, cap, serial, gets, report = _boot(lab, record_property, WALK_MAC, "kinds/menu-kernel")
     assert boot.ok and boot.ip == "kernel", "the kernel never printed its marker\n" + report
 
     # the menu, then the kernel's own account of what iPXE handed it
@@ -156,13 +160,7 @@ def test_menu_then_kernel_with_initrd_and_command_line(lab, record_property):
 
 
 def test_chain_then_sanboot_of_an_iso(lab, record_property):
-    boot = lab.boot("bios", CHAIN_MAC, label="kinds/chain-sanboot")
-    record_property("boot_seconds_kinds_chain_sanboot", boot.marker_after)
-    cap = lab.capture()
-    serial = fl._plain(boot.serial)
-    ip = _client_ip(cap, CHAIN_MAC, boot.started)
-    gets = _gets(cap, ip, boot.started) if ip else []
-    report = _report(boot, gets, ip, lab)
+    boot, cap, serial, gets, report = _boot(lab, record_property, CHAIN_MAC, "kinds/chain-sanboot")
     assert boot.ok and boot.ip == "iso", "the ISO's boot code never printed its marker\n" + report
     assert "proxydhcp: booting failed" not in serial, report
 

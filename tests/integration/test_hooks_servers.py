@@ -216,21 +216,27 @@ subnet 10.79.0.0 netmask 255.255.255.0 {
 """
 
 
+def start_isc_dhcpd(lab, ns: str, name: str, conf_text: str):
+    """ISC dhcpd in the foreground with the hook's environment, once it serves eth0."""
+    conf = os.path.join(lab.work, f"{name}.conf")
+    with open(conf, "w") as fh:
+        fh.write(conf_text)
+    leases = os.path.join(lab.work, f"{name}.leases")
+    open(leases, "w").close()
+    server = lab.spawn(ns, "env", *(f"{k}={v}" for k, v in lab.hook_env.items()),
+                       "dhcpd", "-f", "-d", "-4", "-cf", conf, "-lf", leases,
+                       "-pf", os.path.join(lab.work, f"{name}.pid"), "eth0")
+    assert wait_for(lambda: "Sending on" in lab.output(server) or server.poll() is not None, 10)
+    assert server.poll() is None, lab.output(server)
+    return server
+
+
 @pytest.mark.skipif(not shutil.which("dhcpd"), reason="needs isc-dhcp-server")
 def test_isc_dhcpd_execute_commit_and_release(env):
     lab = env
     ns = lab.host("isc", "10.79.0.3/24")
-    conf = os.path.join(lab.work, "dhcpd.conf")
-    with open(conf, "w") as fh:
-        fh.write(ISC_CONF % {"snippet": contrib(lab, "isc-dhcpd/proxydhcp-hook.conf")})
-    leases = os.path.join(lab.work, "dhcpd.leases")
-    open(leases, "w").close()
-    server = lab.spawn(ns, "env", *(f"{k}={v}" for k, v in lab.hook_env.items()),
-                       "dhcpd", "-f", "-d", "-4", "-cf", conf, "-lf", leases,
-                       "-pf", os.path.join(lab.work, "dhcpd.pid"), "eth0")
+    server = start_isc_dhcpd(lab, ns, "dhcpd", ISC_CONF % {"snippet": contrib(lab, "isc-dhcpd/proxydhcp-hook.conf")})
     try:
-        assert wait_for(lambda: "Sending on" in lab.output(server) or server.poll() is not None, 10)
-        assert server.poll() is None, lab.output(server)
         cns, mac = client(lab, "c2")
         pxe_discover(lab, cns, "edk2", mac, arch=7)
         ip = udhcpc_cycle(lab, cns, "isc1")
@@ -253,18 +259,10 @@ def test_isc_dhcpd_expiry_names_the_mac_saved_at_commit(env):
     commit (set pd_mac). A client that leaves without a release; its 5 s lease expires."""
     lab = env
     ns = lab.host("isc2", "10.79.0.5/24")
-    conf = os.path.join(lab.work, "dhcpd-expiry.conf")
-    with open(conf, "w") as fh:
-        fh.write(ISC_CONF.replace("600", "5").replace("160 10.79.0.180", "181 10.79.0.190") %
-                 {"snippet": contrib(lab, "isc-dhcpd/proxydhcp-hook.conf")} + "min-lease-time 5;\n")
-    leases = os.path.join(lab.work, "dhcpd-expiry.leases")
-    open(leases, "w").close()
-    server = lab.spawn(ns, "env", *(f"{k}={v}" for k, v in lab.hook_env.items()),
-                       "dhcpd", "-f", "-d", "-4", "-cf", conf, "-lf", leases,
-                       "-pf", os.path.join(lab.work, "dhcpd-expiry.pid"), "eth0")
+    server = start_isc_dhcpd(lab, ns, "dhcpd-expiry",
+                             ISC_CONF.replace("600", "5").replace("160 10.79.0.180", "181 10.79.0.190") %
+                             {"snippet": contrib(lab, "isc-dhcpd/proxydhcp-hook.conf")} + "min-lease-time 5;\n")
     try:
-        assert wait_for(lambda: "Sending on" in lab.output(server) or server.poll() is not None, 10)
-        assert server.poll() is None, lab.output(server)
         cns, mac = client(lab, "c4")
         ip = udhcpc(lab, cns, "-x hostname:gone1")       # -q: it quits with its lease, no release
         evs = wait_for(lambda: "expire" in str(lease_events(lab, mac, "isc-dhcpd")) and lease_events(lab, mac, "isc-dhcpd"), 30)

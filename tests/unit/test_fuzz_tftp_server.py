@@ -24,27 +24,7 @@ from proxydhcp.events import EventBus
 from proxydhcp.tftp import packet as pk
 from proxydhcp.tftp import server as tftp_server
 from proxydhcp.tftp.transfer import ABORTED
-
-
-class _Call:
-    def active(self):
-        return False
-
-    def cancel(self):
-        pass
-
-
-class FakeReactor:
-    """The service's reactor calls, without running a reactor: the handlers are called directly."""
-
-    def addReader(self, r):
-        pass
-
-    def removeReader(self, r):
-        pass
-
-    def callLater(self, *a, **kw):
-        return _Call()
+from tests.fake_reactor import FakeReactor
 
 
 ROOT = tempfile.mkdtemp(prefix="proxydhcp-fuzz-tftp-")

@@ -15,25 +15,7 @@ from proxydhcp import config
 from proxydhcp.events import EventBus
 from proxydhcp.tftp import packet as pk
 from proxydhcp.tftp import server as tftp_server
-
-
-class _Call:
-    def active(self):
-        return False
-
-    def cancel(self):
-        pass
-
-
-class _Reactor:
-    def addReader(self, r):
-        pass
-
-    def removeReader(self, r):
-        pass
-
-    def callLater(self, *a, **kw):
-        return _Call()
+from tests.fake_reactor import FakeReactor
 
 
 @pytest.fixture
@@ -43,7 +25,7 @@ def setup(tmp_path):
     (root / "ipxe.efi").write_bytes(b"A" * 3000)
     cfg = config.parse(f"tftp: {{root: {root}, port: 0, max_transfers_per_client: 100}}\n"
                        f"boot: {{firmware: {{x64-uefi: ipxe.efi}}}}\nstate: {{dir: {tmp_path}/state}}")
-    svc = tftp_server.TFTPService(config.LiveConfig(cfg), EventBus(), address="127.0.0.1", reactor=_Reactor())
+    svc = tftp_server.TFTPService(config.LiveConfig(cfg), EventBus(), address="127.0.0.1", reactor=FakeReactor())
     svc.startService()
     socks = []
 
