@@ -35,11 +35,20 @@ groups:
 """
 
 
+MINIMAL = os.path.join(ROOT, "contrib", "examples", "minimal.yaml")
+
+
 @pytest.fixture
 def example(tmp_path):
     path = tmp_path / "proxydhcp.yaml"
     path.write_text(ISSUE_EXAMPLE)
     return str(path)
+
+
+def test_the_minimal_example_is_the_issue_example():
+    """contrib/examples/minimal.yaml is what tests/e2e/test_minimal_example.py boots real firmware with."""
+    with open(MINIMAL) as fh:
+        assert fh.read() == ISSUE_EXAMPLE
 
 
 def run(*argv):
