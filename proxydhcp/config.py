@@ -82,6 +82,7 @@ class TFTPConfig:
     transfer_timeout: float = 120.0
     retransmit_timeout: float = 1.0
     max_retries: int = 5
+    backslash_as_slash: bool = False
 
 
 @dataclass

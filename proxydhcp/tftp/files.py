@@ -1,10 +1,11 @@
 """Which file a TFTP client may read, and its bytes, cached.
 
 Owns path confinement and the content cache. Every name a client asks for is confined to
-tftp.root: `..` components, NUL bytes, over-long names and symlinks that lead out of the
-root are refused (ERROR 2), a missing file is ERROR 1; a backslash is read as a slash and
-leading slashes (or the root's own absolute path) are dropped, as pxelinux and GRUB clients
-expect. The boot files the operator configured (boot.firmware values, quirk firmware) are
+tftp.root: `..` components, NUL bytes, backslashes, over-long names and symlinks that lead
+out of the root are refused (ERROR 2), a missing file is ERROR 1; leading slashes (or the
+root's own absolute path) are dropped. Windows boot loaders name files with backslashes:
+`tftp.backslash_as_slash` reads them as slashes instead (then `..\\x` is refused as `..`).
+The boot files the operator configured (boot.firmware values, quirk firmware) are
 the exception: the operator chose them, so they are served wherever their links lead
 (Debian's /usr/lib/ipxe/ipxe.efi -> /boot/ipxe.efi).
 
@@ -46,9 +47,10 @@ def _missing(name: str) -> FileRefused:
     return FileRefused(pk.ERR_NOT_FOUND, f"file not found: {name}", NOT_FOUND)
 
 
-def normalise(name: str, root: str) -> str:
+def normalise(name: str, root: str, backslash_as_slash: bool = False) -> str:
     """The client's name as a root-relative path with '/' separators (not yet checked)."""
-    name = name.replace("\\", "/")
+    if backslash_as_slash:
+        name = name.replace("\\", "/")
     root_prefix = os.path.normpath(root).rstrip("/") + "/"
     if root_prefix != "/" and name.startswith(root_prefix):
         name = name[len(root_prefix):]
@@ -85,13 +87,15 @@ class Resolved:
     boot_file: bool    # an operator-configured boot file: links may leave the root
 
 
-def resolve(name: str, root: str, boot: dict[str, str]) -> Resolved:
+def resolve(name: str, root: str, boot: dict[str, str], backslash_as_slash: bool = False) -> Resolved:
     """Map a requested name to a path to open, or raise FileRefused."""
     if "\0" in name:
         raise _denied("access violation: NUL byte in the file name")
     if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME:
         raise _denied(f"access violation: file name longer than {MAX_NAME} bytes")
-    rel = normalise(name, root)
+    if "\\" in name and not backslash_as_slash:
+        raise _denied("access violation: backslash in the file name (tftp.backslash_as_slash reads it as '/')")
+    rel = normalise(name, root, backslash_as_slash)
     if not rel:
         raise _missing(name or "(empty name)")
     if ".." in rel.split("/"):

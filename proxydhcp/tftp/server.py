@@ -590,7 +590,7 @@ class TFTPService(Service):
                                 f"(tftp.max_transfers_per_client={tcfg.max_transfers_per_client}), "
                                 f"try again later", REFUSED_LIMIT)
         try:
-            resolved = files.resolve(req.filename, tcfg.root, files.boot_files(cfg))
+            resolved = files.resolve(req.filename, tcfg.root, files.boot_files(cfg), tcfg.backslash_as_slash)
             content = self.cache.open(resolved, tcfg.root, display)
         except files.FileRefused as exc:
             return self._refuse(addr, local, ifindex, display, exc.code, exc.message, exc.outcome)

@@ -178,7 +178,7 @@ def request(server, payload: bytes, sock=None):
     return pk.decode(data), addr, s
 
 
-BAD_PATHS = ["../secret.txt", "sub/../../secret.txt", "..\\secret.txt", "sub\\..\\..\\secret.txt",
+BAD_PATHS = ["../secret.txt", "sub/../../secret.txt", "..\\secret.txt", "sub\\..\\..\\secret.txt", "sub\\deep.bin",
              "/etc/passwd", "escape", "up/secret.txt", "notconfigured.efi", "x" * 600, "sub",
              "missing.bin", "/../../../../etc/passwd"]
 

@@ -39,17 +39,25 @@ def cfg_for(root, firmware=None, quirks=None):
     return config.parse(text)
 
 
-def serve(name, root, cfg=None):
+def serve(name, root, cfg=None, backslash_as_slash=False):
     cfg = cfg or cfg_for(root)
-    r = files.resolve(name, root, files.boot_files(cfg))
+    r = files.resolve(name, root, files.boot_files(cfg), backslash_as_slash)
     return files.ContentCache().open(r, root, name).data
 
 
 @pytest.mark.parametrize("name,data", [("ok.bin", b"ok"), ("/ok.bin", b"ok"), ("sub/deep.bin", b"deep"),
-                                       ("sub\\deep.bin", b"deep"), ("\\sub\\deep.bin", b"deep"),
                                        ("./sub//deep.bin", b"deep"), ("link_in", b"ok")])
 def test_allowed_names(root, name, data):
     assert serve(name, root) == data
+
+
+def test_backslash_as_slash_serves_windows_style_names_and_still_refuses_escapes(root):
+    assert serve("sub\\deep.bin", root, backslash_as_slash=True) == b"deep"
+    assert serve("\\sub\\deep.bin", root, backslash_as_slash=True) == b"deep"
+    for name in ("..\\secret", "sub\\..\\..\\secret"):
+        with pytest.raises(files.FileRefused) as e:
+            serve(name, root, backslash_as_slash=True)
+        assert e.value.code == pk.ERR_ACCESS and "'..'" in e.value.message
 
 
 def test_absolute_path_inside_root_served(root):
@@ -60,8 +68,9 @@ BAD = [
     ("../secret", pk.ERR_ACCESS),                  # dot-dot
     ("sub/../../secret", pk.ERR_ACCESS),
     ("sub/../ok.bin", pk.ERR_ACCESS),              # even when it would stay inside
-    ("..\\secret", pk.ERR_ACCESS),                 # backslash is a slash
+    ("..\\secret", pk.ERR_ACCESS),                 # backslashes (unless tftp.backslash_as_slash)
     ("sub\\..\\..\\secret", pk.ERR_ACCESS),
+    ("sub\\deep.bin", pk.ERR_ACCESS),             # even inside the root
     ("/etc/passwd", pk.ERR_NOT_FOUND),             # absolute path outside: looked up in the root
     ("link_out", pk.ERR_ACCESS),                   # symlink leaving the root
     ("dir_out/secret", pk.ERR_ACCESS),             # through a directory symlink
@@ -128,7 +137,7 @@ def test_default_config_serves_debian_ipxe_efi_symlink():
 
 
 def test_normalise():
-    assert files.normalise("\\a\\b", "/srv/tftp") == "a/b"
+    assert files.normalise("\\a\\b", "/srv/tftp", backslash_as_slash=True) == "a/b"
     assert files.normalise("/srv/tftp/a/./b", "/srv/tftp") == "a/b"
     assert files.normalise("//a//b/", "/srv/tftp") == "a/b"
 
