@@ -535,7 +535,7 @@ class LiveConfig:
             self.last_error = str(exc)
             metrics.CONFIG_RELOADS.labels("failed").inc()
             metrics.CONFIG_LAST_RELOAD_OK.set(0)
-            return False, f"reload refused, keeping the running config: {exc}"
+            return False, f"reload refused, keeping the running config: {' '.join(exc.located().split())}"
         self.current = new
         self.last_error = None
         metrics.CONFIG_RELOADS.labels("ok").inc()

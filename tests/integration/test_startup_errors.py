@@ -167,10 +167,10 @@ def refused(env, proc, text: str, expected: str) -> None:
     before = failed_reloads(env)
     write(env, "r.yaml", text)
     proc.send_signal(signal.SIGHUP)
-    line = "SIGHUP: reload refused, keeping the running config: " + expected
-    assert wait_for(lambda: line in env.output(proc), 10), env.output(proc)
-    [logged] = [l for l in env.output(proc).splitlines() if line in l]
-    assert logged.endswith(line)                       # the one line, the message whole
+    # the one line, the message whole, after the file and line of the key when it has one
+    line = re.compile(r"SIGHUP: reload refused, keeping the running config: (\S+r\.yaml, line \d+: )?"
+                      + re.escape(expected) + "$")
+    assert wait_for(lambda: any(line.search(l) for l in env.output(proc).splitlines()), 10), env.output(proc)
     assert failed_reloads(env) >= before + 1
     # the old config still serves: the firmware it names is fetched over TFTP
     got = os.path.join(env.work, "got.efi")
@@ -194,4 +194,6 @@ def test_reload_problems_keep_the_running_config(env, running):
     refused(env, running, config(env).replace("port: 8080", "port: 8081"),
             "http.port changed (8080 -> 8081): restart proxydhcp to apply it")
     refused(env, running, config(env) + "log: {format: xml}\n", "log.format: must be text or json, got 'xml'")
+    # a key in the file: the log line says where
+    assert re.search(r"config: \S+r\.yaml, line \d+: log\.format: must be", env.output(running)), env.output(running)
     assert "Traceback" not in env.output(running)
