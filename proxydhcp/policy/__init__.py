@@ -16,11 +16,13 @@ group for a machine (`Policy.match`), the template variables and the iPXE script
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 
 from proxydhcp import arch as archtable
 from proxydhcp.config import ConfigError
 from proxydhcp.config import script_url as config_script_url
+from proxydhcp.policy import globs
 from proxydhcp.policy import groups as groupmod
 from proxydhcp.policy import profiles as profilemod
 from proxydhcp.policy.groups import SELECTORS, Group, Machine, normalise_mac, normalise_uuid  # noqa: F401
@@ -62,6 +64,18 @@ class Policy:
         if dup:
             raise ConfigError(f"groups: the name(s) {', '.join(sorted(dup))} are used twice; names must be unique")
         groupmod.check_ties(self.groups)
+        # A group whose mac selector names exact MACs only can match no other machine: such
+        # groups are indexed by MAC, so matching a machine reads its own groups and the rest,
+        # not one group per machine of the whole site.
+        self._by_mac: dict[str, list[Group]] = {}
+        self._rest: list[Group] = []
+        for g in self.groups:
+            macs = g.selectors.get("mac")
+            if macs and not any(globs.has_wildcard(v) for v in macs):
+                for mac in dict.fromkeys(macs):
+                    self._by_mac.setdefault(mac, []).append(g)
+            else:
+                self._rest.append(g)
         known = set(BUILTIN_VARS) | {k for g in self.groups for k in g.metadata}
         for p in self.profiles.values():
             unknown = profilemod.template_names(p) - known
@@ -74,7 +88,9 @@ class Policy:
         """The most specific matching group. `local_only` skips groups whose profile asks an
         API (the fallback when the API has no answer)."""
         hits = []
-        for g in self.groups:
+        own = self._by_mac.get(m.mac)
+        candidates = heapq.merge(self._rest, own, key=lambda g: g.index) if own else self._rest
+        for g in candidates:     # in file order: of two equal groups the first listed wins
             if local_only and self.profiles[g.profile].kind == "api":
                 continue
             why = groupmod.why_matches(g, m)

@@ -122,6 +122,41 @@ def test_many_per_machine_groups_are_not_compared_pairwise(monkeypatch):
         policy.Policy(PROFILES, groups + [{"name": "again", "profile": "b", "selectors": {"mac": macs[7]}}])
 
 
+def test_matching_reads_a_machines_own_exact_mac_groups_and_the_rest_only(monkeypatch):
+    """Matching one machine among 5000 one-machine groups reads its own group and the groups
+    without exact MACs, and decides what reading every group in file order decides."""
+    from proxydhcp.policy import groups as groupmod
+    macs = [f"52:54:00:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}" for i in range(5000)]
+    groups = [{"name": f"m{i}", "profile": "a", "selectors": {"mac": mac}} for i, mac in enumerate(macs)]
+    groups += [{"name": "default", "profile": "b"},
+               {"name": "rack-uefi", "profile": "c", "selectors": {"mac": "52:54:00:00:1?:*", "arch": 7}},
+               {"name": "two", "profile": "c", "selectors": {"mac": [macs[5], macs[6]], "arch": 0}},
+               {"name": "ipxe-users", "profile": "b", "selectors": {"user_class": "iPXE"}},
+               {"name": "mine", "profile": "c", "selectors": {"user_class": "mine"}}]
+    pol = policy.Policy(PROFILES, groups)
+
+    def every_group(m):     # the reference: every group, in file order, most specific first
+        hits = [g for g in pol.groups if groupmod.why_matches(g, m) is not None]
+        hits.sort(key=lambda g: g.specificity, reverse=True)
+        return [g.name for g in hits]
+
+    read = []
+    real = groupmod.why_matches
+    monkeypatch.setattr(groupmod, "why_matches", lambda g, m: read.append(g.name) or real(g, m))
+    machines = [policy.Machine(macs[4096]), policy.Machine(macs[0x1005], arch=7),
+                policy.Machine(macs[5], arch=0), policy.Machine(macs[6], arch=7),
+                policy.Machine("52:54:00:99:99:99", arch=7), policy.Machine(macs[9], user_classes=("iPXE", "mine"))]
+    for m in machines:
+        read.clear()
+        d = pol.match(m)
+        assert len(read) <= 7, read            # its own group(s) and the 5 without exact MACs
+        assert [d.group.name] + [g.name for g, _ in d.also_matched] == every_group(m)
+    assert pol.match(machines[0]).group.name == "m4096"
+    assert pol.match(machines[1]).group.name == "rack-uefi"          # 2 selectors beat its own 1
+    assert pol.match(machines[2]).group.name == "two"
+    assert pol.match(machines[4]).group.name == "default"
+
+
 @pytest.mark.parametrize("groups,error", [
     ([{"profile": "nope"}], "not defined"),
     ([{"profile": "a", "selectors": {"colour": "red"}}], "unknown selector"),
