@@ -16,6 +16,7 @@ group for a machine (`Policy.match`), the template variables and the iPXE script
 
 from __future__ import annotations
 
+import collections
 import heapq
 from dataclasses import dataclass, field
 
@@ -59,8 +60,7 @@ class Policy:
         self.groups: list[Group] = [
             groupmod.parse(i, g, set(self.profiles), BUILTIN_VARS, profilemod.METADATA_MAY_SET)
             for i, g in enumerate(groups)]
-        names = [g.name for g in self.groups]
-        dup = {n for n in names if names.count(n) > 1}
+        dup = {n for n, k in collections.Counter(g.name for g in self.groups).items() if k > 1}
         if dup:
             raise ConfigError(f"groups: the name(s) {', '.join(sorted(dup))} are used twice; names must be unique")
         groupmod.check_ties(self.groups)

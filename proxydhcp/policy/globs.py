@@ -39,9 +39,9 @@ def normalise_mac_pattern(value) -> str | None:
     text = str(value).strip().lower().replace("-", ":")
     if not _MAC_PATTERN.match(text):
         return None
-    if not has_wildcard(text) and not re.fullmatch(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", text):
-        return None
-    if not overlap(text, text, MAC_POSITIONS):  # e.g. '52:54:00:1' + nothing: matches no MAC
+    if not has_wildcard(text):
+        return text if re.fullmatch(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", text) else None
+    if not overlap(text, text, MAC_POSITIONS):  # e.g. '52:54:00:1?' is too short for any MAC
         return None
     return text
 
