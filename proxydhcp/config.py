@@ -347,23 +347,38 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+# libyaml's loader when PyYAML was built with it (about ten times faster: a site with one group
+# per machine has a long file, and a reload parses it on the reactor); the same safe types.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _compose_and_load(text: str):
+    """The document's node tree (it knows each key's line) and its data, from one parse."""
+    loader = _YAML_LOADER(text)
+    try:
+        node = loader.get_single_node()
+        return (loader.construct_document(node) if node is not None else None), node
+    finally:
+        loader.dispose()
+
+
 def parse(text: str | None, source: str = "<config>") -> Config:
     """Build a Config from YAML text layered over the default (None: the default alone)."""
-    raw = yaml.safe_load(default_text())
+    raw = _compose_and_load(default_text())[0]
     if text is not None:
         try:
-            user = yaml.safe_load(text)
+            user, node = _compose_and_load(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
             what = " ".join(str(getattr(exc, "problem", None) or exc).split())
             raise ConfigError(f"{source}: not valid YAML{where}: {what}; fix the file "
-                              f"(proxydhcp check-config -c FILE checks it)") from None
+                              f"(proxydhcp check -c FILE checks it)") from None
         if user is None:
             user = {}
         if not isinstance(user, dict):
             raise ConfigError(f"{source}: the top level must be a mapping of sections")
-        lines = _key_lines(text)
+        lines = _key_lines(node)
         user = _shorthands(user, lines)
         unknown = set(user) - set(SECTIONS) - {"profiles", "groups"}
         if unknown:
@@ -403,9 +418,9 @@ def _shorthands(user: dict, lines: dict) -> dict:
     return user
 
 
-def _key_lines(text: str) -> dict[str, int]:
-    """Line (1-based) of each key and list item of a YAML document, by the path error
-    messages use: dhcp.quirks[0].set.firmware."""
+def _key_lines(document) -> dict[str, int]:
+    """Line (1-based) of each key and list item of a YAML document (its node tree), by the
+    path error messages use: dhcp.quirks[0].set.firmware."""
     out: dict[str, int] = {}
 
     def walk(node, path: str) -> None:
@@ -419,10 +434,7 @@ def _key_lines(text: str) -> dict[str, int]:
                 p = f"{path}[{i}]"
                 out.setdefault(p, item.start_mark.line + 1)
                 walk(item, p)
-    try:
-        walk(yaml.compose(text, Loader=yaml.SafeLoader), "")
-    except yaml.YAMLError:
-        pass
+    walk(document, "")
     return out
 
 
