@@ -68,6 +68,9 @@ def check_files(cfg, user: str | None = None) -> None:
             if not os.access(path, os.R_OK):
                 raise StartupError(f"boot file {path} ({key}) is not readable{by}: fix its permissions{fix_user}")
     h = cfg.http
+    if h.enabled and h.port == 0:
+        raise StartupError("http.port 0 would pick another free port at each start, but the ProxyDHCP hands "
+                           "iPXE URLs with the port in them: set http.port (default 8080)")
     if h.enabled and h.root and not (os.path.isdir(h.root) and os.access(h.root, os.R_OK | os.X_OK)):
         raise StartupError(f"http.root {h.root} is not a readable directory{by}: fix the path or its "
                            f"permissions{fix_user}")

@@ -89,6 +89,12 @@ def test_missing_firmware_file(env):
                      f"there (Debian: apt install ipxe), or fix boot.firmware.x64-uefi or tftp.root")
 
 
+def test_http_port_0_is_refused_by_serve(env):
+    out = serve(env, config(env).replace("http: {port: 8080}", "http: {port: 0}"))
+    one_line(out, 1, "proxydhcp: cannot start: http.port 0 would pick another free port at each start, but the "
+                     "ProxyDHCP hands iPXE URLs with the port in them: set http.port (default 8080)")
+
+
 def test_missing_tftp_root(env):
     out = serve(env, config(env, root="/nonexistent/tftp"))
     one_line(out, 1, "proxydhcp: cannot start: tftp.root /nonexistent/tftp does not exist or is not a directory: "
