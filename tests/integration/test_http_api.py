@@ -13,6 +13,8 @@ import urllib.request
 
 import pytest
 
+from tests.netlab import wait_for
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -124,15 +126,6 @@ def test_404_falls_back_to_the_local_groups(web, api):
     assert "built-in menu" in text and "no group matches (without api groups)" in text
 
 
-def _wait(pred, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_a_slow_api_costs_one_timeout_then_nothing_and_stalls_nobody(web, api):
     """Shown by order, not by timing: the API holds its answer until the test releases it,
     and everything below is answered while it still holds."""
@@ -141,7 +134,7 @@ def test_a_slow_api_costs_one_timeout_then_nothing_and_stalls_nobody(web, api):
     t = threading.Thread(target=lambda: results.update(script=fetch(web.base, "/boot.ipxe?mac=52:54:00:00:00:02&arch=0")))
     try:
         t.start()
-        assert _wait(lambda: len(api.hits) == 1)                                   # the API is asked, and holds
+        assert wait_for(lambda: len(api.hits) == 1)                                   # the API is asked, and holds
         assert fetch(web.base, "/healthz")[0] == "ok\n"                            # nothing else waits meanwhile
         t.join(10)
         assert "script" in results and api.answered == 0                            # the timeout answered, not the API
@@ -153,7 +146,7 @@ def test_a_slow_api_costs_one_timeout_then_nothing_and_stalls_nobody(web, api):
     finally:
         api.gate.set()
     # after retry_after (2 s), a recovered API is asked again
-    assert _wait(lambda: "from the API" in fetch(web.base, "/boot.ipxe?mac=52:54:00:00:00:04&arch=0")[0])
+    assert wait_for(lambda: "from the API" in fetch(web.base, "/boot.ipxe?mac=52:54:00:00:00:04&arch=0")[0])
 
 
 def test_a_failing_or_absent_api_falls_back(tmp_path, api):

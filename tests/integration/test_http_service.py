@@ -17,6 +17,8 @@ import urllib.request
 
 import pytest
 
+from tests.netlab import wait_for
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 CONFIG = """
@@ -272,15 +274,6 @@ def _metric(server, name):
     return float(m.group(1)) if m else 0.0
 
 
-def _wait(pred, timeout=10):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_reload_on_sighup_with_a_broken_file_keeps_the_old_config(server):
     good = server.cfg.read_text()
     failed = 'proxydhcp_config_reloads_total{result="failed"}'
@@ -288,16 +281,16 @@ def test_reload_on_sighup_with_a_broken_file_keeps_the_old_config(server):
     try:
         server.cfg.write_text(good + "\n  - {name: broken, profile: missing}\n")
         server.proc.send_signal(signal.SIGHUP)
-        assert _wait(lambda: _metric(server, failed) >= before + 1)
+        assert wait_for(lambda: _metric(server, failed) >= before + 1)
         assert _metric(server, "proxydhcp_config_last_reload_successful") == 0.0
         assert "echo hello" in ipxe_fetch(server, "52:54:00:aa:00:03")[1]
     finally:
         server.cfg.write_text(good.replace("echo hello", "echo bonjour"))
     server.proc.send_signal(signal.SIGHUP)
-    assert _wait(lambda: "echo bonjour" in ipxe_fetch(server, "52:54:00:aa:00:03")[1])
+    assert wait_for(lambda: "echo bonjour" in ipxe_fetch(server, "52:54:00:aa:00:03")[1])
     assert _metric(server, "proxydhcp_config_last_reload_successful") == 1.0
     server.cfg.write_text(good)
-    assert _wait(lambda: "echo hello" in ipxe_fetch(server, "52:54:00:aa:00:03")[1])
+    assert wait_for(lambda: "echo hello" in ipxe_fetch(server, "52:54:00:aa:00:03")[1])
 
 
 def test_reload_on_file_change_and_a_tie_is_refused(server):
@@ -307,13 +300,13 @@ def test_reload_on_file_change_and_a_tie_is_refused(server):
     try:
         # a second default group: a tie, refused; the running config keeps serving
         server.cfg.write_text(good + "  - {name: default2, profile: hello}\n")
-        assert _wait(lambda: _metric(server, failed) >= before + 1)
+        assert wait_for(lambda: _metric(server, failed) >= before + 1)
         assert "# proxydhcp: profile local" in ipxe_fetch(server, "52:54:00:dd:00:01")[1]
         server.cfg.write_text(good.replace("{name: default, profile: local}", "{name: default, profile: menu}"))
-        assert _wait(lambda: "# proxydhcp: profile menu" in ipxe_fetch(server, "52:54:00:dd:00:01")[1])
+        assert wait_for(lambda: "# proxydhcp: profile menu" in ipxe_fetch(server, "52:54:00:dd:00:01")[1])
     finally:
         server.cfg.write_text(good)
-    assert _wait(lambda: "# proxydhcp: profile local" in ipxe_fetch(server, "52:54:00:dd:00:01")[1])
+    assert wait_for(lambda: "# proxydhcp: profile local" in ipxe_fetch(server, "52:54:00:dd:00:01")[1])
 
 
 def test_an_interrupted_download_still_emits_an_event(server):
